@@ -1,0 +1,32 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := outputs/demo
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: setup demo test test-fast clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Main job on the embedded default: synthetic corpus -> tiny Qwen3-VL -> LoRA fine-tune ->
+# eval of base and fine-tuned -> leaderboard (outputs/demo/leaderboard.{md,json}).
+demo: setup
+	$(PY) scripts/run_demo.py --out $(DEMO)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf outputs

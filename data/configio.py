@@ -1,0 +1,124 @@
+"""Typed YAML configs: dataclasses that validate themselves, loaded with ``key=value`` overrides.
+
+Every entry point (``python -m train``, ``python -m eval``) reads its config through
+``load_config``: unknown keys and wrong types fail at start with the key's full dotted name,
+and each dataclass's ``__post_init__`` checks values and says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
+    """Build ``cls`` from a YAML file, then apply ``a.b.c=value`` overrides (YAML-typed values)."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    where = f" in {path}" if path else ""
+    try:
+        return from_dict(cls, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
+
+
+def from_dict(cls, data, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = prefix + unknown[0]
+        raise ConfigError(f"unknown config key '{name}' (known keys at this level: "
+                          f"{', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, prefix + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # a section's own check; its message names the key
+        raise ConfigError(str(e)) from None
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _convert(hint, value, key: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"config key '{key}': {value!r} matches none of {_name(hint)}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (typing.Any,)
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"config key '{key}' must be one of {list(typing.get_args(hint))}, "
+                              f"got {value!r}")
+        return value
+    if hint is typing.Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}' expects {_name(hint)}, got {value!r} "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _name(hint) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node = child
+    node[leaf] = value

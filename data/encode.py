@@ -1,0 +1,116 @@
+"""The encode stage: a ``Sample`` becomes model inputs (ids, labels, pixels, grid sizes).
+
+The conversation is rendered with the checkpoint's own chat template and tokenised by its own
+processor, so visual placeholders expand exactly as the processor does for that checkpoint.
+Images are fitted into the configured pixel budget (sides multiples of 32 for Qwen3-VL) by the
+processor's resize. Labels keep only assistant replies (and their closing ``<|im_end|>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VisionBudget:
+    min_pixels: int = 32 * 32 * 4
+    max_pixels: int = 32 * 32 * 256
+
+    def images_kwargs(self) -> dict:
+        return {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
+
+
+class SampleTooLong(ValueError):
+    pass
+
+
+def load_image(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class SampleEncoder:
+    def __init__(self, processor, budget: VisionBudget, max_seq_len: int = 4096):
+        self.processor = processor
+        self.budget = budget
+        self.max_seq_len = max_seq_len
+        tok = processor.tokenizer
+        self.assistant_header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        self.im_end_id = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def _process(self, text: str, image_paths: list[str]) -> dict:
+        images = [load_image(p) for p in image_paths] or None
+        return self.processor(text=[text], images=images, return_tensors="pt",
+                              images_kwargs=self.budget.images_kwargs())
+
+    def encode(self, sample) -> dict:
+        """Training example: full conversation, labels on assistant replies only."""
+        text = self.processor.apply_chat_template(sample.messages, tokenize=False)
+        out = self._process(text, sample.images)
+        ids = out["input_ids"][0]
+        if len(ids) > self.max_seq_len:
+            # Never truncate: a cut through visual tokens breaks the image/feature match.
+            raise SampleTooLong(f"{len(ids)} tokens > max_seq_len {self.max_seq_len}")
+        labels = self.assistant_labels(ids.tolist())
+        if all(label == IGNORE_INDEX for label in labels):
+            raise ValueError("no assistant tokens to learn from")
+        return _example(out, torch.tensor(labels))
+
+    def encode_prompt(self, sample) -> dict:
+        """Generation input: everything before the last assistant turn plus the assistant header."""
+        text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False,
+                                                  add_generation_prompt=True)
+        return _example(self._process(text, sample.images), None)
+
+    def assistant_labels(self, ids: list[int]) -> list[int]:
+        labels = [IGNORE_INDEX] * len(ids)
+        header, n = self.assistant_header, len(self.assistant_header)
+        i = 0
+        while i < len(ids):
+            if ids[i:i + n] == header:
+                start = end = i + n
+                while end < len(ids) and ids[end] != self.im_end_id:
+                    end += 1
+                labels[start:end + 1] = ids[start:end + 1]  # reply + <|im_end|>
+                i = end + 1
+            else:
+                i += 1
+        return labels
+
+
+def _example(out, labels) -> dict:
+    example = {"input_ids": out["input_ids"][0], "attention_mask": out["attention_mask"][0],
+               "mm_token_type_ids": out["mm_token_type_ids"][0]}
+    if labels is not None:
+        example["labels"] = labels
+    if "pixel_values" in out:
+        example["pixel_values"] = out["pixel_values"]
+        example["image_grid_thw"] = out["image_grid_thw"]
+    return example
+
+
+def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict:
+    """Pad a list of encoded examples into one batch (right padding for training,
+    left padding for generation); visual tensors are concatenated in sample order."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0,
+                  "labels": IGNORE_INDEX}
+    batch = {}
+    for key, pad in pad_values.items():
+        if key not in examples[0]:
+            continue
+        rows = []
+        for e in examples:
+            fill = torch.full((longest - len(e[key]),), pad, dtype=e[key].dtype)
+            rows.append(torch.cat([fill, e[key]] if padding_side == "left" else [e[key], fill]))
+        batch[key] = torch.stack(rows)
+    with_pixels = [e for e in examples if "pixel_values" in e]
+    if with_pixels:
+        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_pixels])
+        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_pixels])
+    return batch

@@ -1,0 +1,70 @@
+"""The sample stage: a source record becomes chat messages plus the media files they reference.
+
+A ``Sample`` is what every source (LLaVA JSON today; messages JSONL, HF datasets, video and
+documents later) produces, and what the encoder consumes. Problems found while reading a
+source become ``BadSample`` records that name the file, the record index and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """Bad input that stops a run: names the file, the record and the reason."""
+
+
+@dataclass
+class BadSample:
+    source: str
+    index: int
+    sample_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        sid = f" (id {self.sample_id})" if self.sample_id is not None else ""
+        return f"{self.source}: sample {self.index}{sid}: {self.reason}"
+
+
+@dataclass
+class Sample:
+    """One conversation. ``messages`` use Qwen/OpenAI content parts: ``{"type": "image"}`` marks
+    where the i-th entry of ``images`` goes; ``{"type": "text", "text": ...}`` carries text."""
+
+    id: str
+    messages: list[dict]
+    images: list[str] = field(default_factory=list)
+    source: str = ""
+    index: int = -1
+    meta: dict = field(default_factory=dict)
+
+    def answer(self) -> str:
+        """Text of the last assistant turn (the reference answer in eval sets)."""
+        for message in reversed(self.messages):
+            if message["role"] == "assistant":
+                return "".join(p.get("text", "") for p in message["content"])
+        return ""
+
+    def prompt_messages(self) -> list[dict]:
+        """Messages up to (not including) the last assistant turn: the model's input at eval."""
+        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        return self.messages[:last]
+
+
+class BadSampleLog:
+    """Collects bad samples; ``policy`` says whether the first one stops the run."""
+
+    def __init__(self, policy: str = "error"):
+        if policy not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {policy!r}")
+        self.policy = policy
+        self.records: list[BadSample] = []
+
+    def add(self, record: BadSample) -> None:
+        if self.policy == "error":
+            raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip to skip it.")
+        self.records.append(record)
+
+    def summary(self) -> str:
+        return "; ".join(str(r) for r in self.records[:5]) + (
+            f"; ... {len(self.records) - 5} more" if len(self.records) > 5 else "")

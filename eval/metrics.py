@@ -1,0 +1,91 @@
+"""Scoring functions shared by benchmark tasks: exact match, ANLS, grounding IoU.
+
+Each returns a score in [0, 1] for one prediction; tasks average them. Parsing failures are
+reported (``parsed=False``) rather than guessed around, so "unparsed" can be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from data.boxes import iou
+
+THINK_RE = re.compile(r"^.*?</think>", re.DOTALL)
+
+
+def strip_thinking(text: str) -> str:
+    """Drop a ``<think>...</think>`` block (also when the opening tag is missing)."""
+    return THINK_RE.sub("", text, count=1).strip() if "</think>" in text else text.strip()
+
+
+def normalize(text: str) -> str:
+    text = text.strip().lower()
+    text = re.sub(r"[\s]+", " ", text)
+    return text.strip(" .,!?;:\"'")
+
+
+def exact_match(prediction: str, golds: list[str]) -> float:
+    p = normalize(prediction)
+    return float(any(p == normalize(g) for g in golds))
+
+
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def anls(prediction: str, golds: list[str], threshold: float = 0.5) -> float:
+    """Average Normalised Levenshtein Similarity for one question (DocVQA): the best
+    similarity over the gold answers, zeroed below ``threshold``."""
+    p = " ".join(prediction.strip().lower().split())
+    best = 0.0
+    for gold in golds:
+        g = " ".join(gold.strip().lower().split())
+        if not p and not g:
+            return 1.0
+        sim = 1.0 - levenshtein(p, g) / max(len(p), len(g))
+        best = max(best, sim if sim >= threshold else 0.0)
+    return best
+
+
+BOX_LIST_RE = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,"
+                         r"\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]")
+
+
+def parse_boxes(text: str) -> list[list[float]]:
+    """Boxes from a Qwen3-VL grounding answer: JSON ``[{"bbox_2d": [...]}, ...]`` (optionally
+    in a ```json fence), a single object, or bare ``[x1, y1, x2, y2]`` lists. Order is kept."""
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        data = [data]
+    if isinstance(data, list):
+        boxes = [d["bbox_2d"] for d in data if isinstance(d, dict) and _is_box(d.get("bbox_2d"))]
+        if not boxes and _is_box(data):
+            boxes = [data]
+        if boxes:
+            return [[float(v) for v in b] for b in boxes]
+    return [[float(v) for v in m] for m in BOX_LIST_RE.findall(text)]
+
+
+def _is_box(value) -> bool:
+    return (isinstance(value, list) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def box_accuracy(prediction: str, gold_box: list[float], threshold: float = 0.5) -> tuple[float, bool]:
+    """Acc@IoU>=threshold using the *first* predicted box only (no best-of-N credit).
+    Returns (score, parsed)."""
+    boxes = parse_boxes(prediction)
+    if not boxes:
+        return 0.0, False
+    return float(iou(boxes[0], gold_box) >= threshold), True

@@ -1,0 +1,17 @@
+"""Benchmark registry: one folder per benchmark family, loader + prompt + scorer side by side.
+
+A task is an object with ``name``, ``metric``, ``load(spec) -> list[Sample]`` and
+``score(prediction, sample) -> (score, parsed)``.
+"""
+
+from __future__ import annotations
+
+from eval.tasks.synthetic import SYNTHETIC_TASKS
+
+TASKS = {task.name: task for task in SYNTHETIC_TASKS}
+
+
+def get_task(name: str):
+    if name not in TASKS:
+        raise KeyError(f"unknown eval task {name!r}; available: {sorted(TASKS)}")
+    return TASKS[name]

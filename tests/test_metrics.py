@@ -1,0 +1,56 @@
+"""Scorers: exact match, ANLS, grounding box parsing and IoU."""
+
+from __future__ import annotations
+
+import pytest
+
+from data.boxes import box_from_relative, box_to_relative, iou, xywh_to_xyxy
+from eval.metrics import anls, box_accuracy, exact_match, parse_boxes, strip_thinking
+
+
+def test_exact_match_normalises_case_space_and_punctuation():
+    assert exact_match(" Red. ", ["red"]) == 1.0
+    assert exact_match("dark red", ["red"]) == 0.0
+    assert exact_match("2", ["two", "2"]) == 1.0
+
+
+def test_anls_threshold_and_best_gold():
+    assert anls("INVOICE", ["invoice"]) == 1.0
+    assert anls("INVOIC", ["invoice"]) == pytest.approx(1 - 1 / 7)
+    assert anls("MEMO", ["invoice"]) == 0.0  # similarity below 0.5 scores 0
+    assert anls("memo", ["invoice", "memo"]) == 1.0
+
+
+def test_parse_boxes_formats():
+    assert parse_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "a"}]') == [[1, 2, 3, 4]]
+    assert parse_boxes('```json\n[\n\t{"bbox_2d": [10, 20, 30, 40]}\n]\n```') == [[10, 20, 30, 40]]
+    assert parse_boxes('{"bbox_2d": [5, 6, 7, 8]}') == [[5, 6, 7, 8]]
+    assert parse_boxes("[100, 200, 300, 400]") == [[100, 200, 300, 400]]
+    assert parse_boxes("the box is [1,2,3,4] or [5,6,7,8]") == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert parse_boxes("no box here") == []
+
+
+def test_box_accuracy_uses_first_box_only():
+    gold = [100, 100, 300, 300]
+    assert box_accuracy('[{"bbox_2d": [100, 100, 300, 300]}]', gold) == (1.0, True)
+    # a wrong first box is not rescued by a right second one (no best-of-N credit)
+    two = '[{"bbox_2d": [600, 600, 900, 900]}, {"bbox_2d": [100, 100, 300, 300]}]'
+    assert box_accuracy(two, gold) == (0.0, True)
+    assert box_accuracy("garbage", gold) == (0.0, False)
+
+
+def test_box_conversions_round_trip_and_iou():
+    box = [12, 30, 60, 90]
+    rel = box_to_relative(box, 96, 160)
+    back = box_from_relative(rel, 96, 160)
+    assert iou(back, box) > 0.97
+    assert box_to_relative([0, 0, 96, 160], 96, 160) == [0, 0, 999, 999]
+    assert xywh_to_xyxy([10, 20, 5, 6]) == [10, 20, 15, 26]
+    assert iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(1 / 3)
+    assert iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+
+
+def test_strip_thinking():
+    assert strip_thinking("<think>\nhmm\n</think>\n\nred") == "red"
+    assert strip_thinking("hmm, no opening tag</think>blue") == "blue"
+    assert strip_thinking("plain") == "plain"

@@ -1,0 +1,35 @@
+"""Load a Qwen3-VL checkpoint (dense or MoE) and its processor, as from the hub.
+
+The model class comes from the checkpoint's ``config.json`` (``model_type`` qwen3_vl or
+qwen3_vl_moe) through transformers' auto classes, never from the folder name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_processor(path: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path)
+
+
+def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sdpa",
+               adapter: str | None = None):
+    """``path``: a full checkpoint; ``adapter``: an optional peft adapter folder on top of it."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in ("qwen3_vl", "qwen3_vl_moe"):
+        raise ValueError(f"{path}: model_type {config.model_type!r} is not Qwen3-VL "
+                         f"(expected qwen3_vl or qwen3_vl_moe)")
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model
