@@ -81,7 +81,7 @@ def test_missing_image_fails_at_start_or_is_skipped(tiny, corpus, tmp_path):
     records[5]["image"] = "images/train/gone.png"
     bad = corpus["train"].parent / "train_missing.json"
     bad.write_text(json.dumps(records))
-    proc = run_train(tiny, {"train": bad}, tmp_path / "err", "train.max_steps=1", check=False)
+    proc = run_train(tiny, {"train": bad}, tmp_path / "err", "train.max_steps=2", check=False)
     assert proc.returncode == 3
     assert f"{bad}: sample 5" in proc.stderr and "gone.png" in proc.stderr
     assert not (tmp_path / "err/final").exists()
