@@ -122,3 +122,33 @@ def _set_dotted(raw: dict, key: str, value) -> None:
             raise ConfigError(f"override '{key}': '{part}' is not a section")
         node = child
     node[leaf] = value
+
+
+def config_main(prog: str, description: str, config_cls, run, argv: list[str] | None = None) -> int:
+    """The shared ``python -m <stage> CONFIG.yaml [key=value ...]`` command line.
+
+    Exit codes: 0 done, 2 bad config (nothing loaded yet), 3 bad data. ``run`` is called with
+    the loaded config; ``--local_rank`` (appended by the deepspeed launcher) is accepted.
+    """
+    import argparse
+    import sys
+
+    from data.samples import DataError
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.lr=1e-4")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg)
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 3
+    return 0

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from data.configio import ConfigError, load_config
-from data.samples import DataError
+from data.configio import config_main
+from eval.config import EvalConfig
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
-    parser.add_argument("config", help="YAML config, e.g. configs/demo/eval.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. generation.batch_size=8")
-    args = parser.parse_args(argv)
+def run(cfg: EvalConfig) -> None:
+    from eval.runner import evaluate  # imported after the config is known to be good
 
-    from eval.config import EvalConfig
-
-    try:
-        cfg = load_config(EvalConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-
-    from eval.runner import evaluate
-
-    try:
-        evaluate(cfg)
-    except DataError as e:
-        print(f"data error: {e}", file=sys.stderr)
-        return 3
-    return 0
+    evaluate(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(config_main("python -m eval", __doc__, EvalConfig, run))

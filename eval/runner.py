@@ -75,7 +75,10 @@ def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) ->
                     records.append({"id": s.id, "prediction": "", "error": f"{type(e).__name__}: {e}"})
             if examples:
                 texts = generate_batch(model, processor, [e for _, e in examples], cfg.generation)
-                records += [{"id": s.id, "prediction": t} for (s, _), t in zip(examples, texts)]
+                for (s, _), text in zip(examples, texts):
+                    score, parsed = task.score(strip_thinking(text), s)
+                    records.append({"id": s.id, "prediction": text, "answer": s.answer(),
+                                    "score": score, "parsed": parsed})
             for r in records:
                 r["key"] = key
                 f.write(json.dumps(r) + "\n")

@@ -49,13 +49,14 @@ def build_scheduler(optimizer, cfg):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def wrap_model(model, dist: DistInfo):
+def wrap_model(model, dist: DistInfo, text_only_batches_possible: bool):
     if dist.world_size == 1:
         return model
-    # find_unused_parameters: a text-only micro-batch leaves the vision adapters without grads.
+    # A text-only micro-batch leaves the vision tower's trainable weights without gradients,
+    # which DDP must then be told to look for (an extra graph walk per step otherwise wasted).
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-        find_unused_parameters=True)
+        find_unused_parameters=text_only_batches_possible)
 
 
 def train(cfg: Config) -> Path:
@@ -92,7 +93,7 @@ def train(cfg: Config) -> Path:
         start_step = state["step"]
         if dist.is_main:
             print(f"[train] resumed from {resume_from} at step {start_step}", flush=True)
-    ddp_model = wrap_model(model, dist)
+    ddp_model = wrap_model(model, dist, any(not s.images for s in samples))
 
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.grad_accum,
                                dist.world_size, dist.rank, cfg.train.seed, cfg.train.max_steps,
