@@ -18,8 +18,10 @@ TEXT = dict(
     # Init scale ~1/sqrt(width): at the default 0.02 a 64-wide random model's logits and visual
     # features are too small for fine-tuning to move them within a CPU-sized run.
     initializer_range=0.1,
-    # mrope_section sums to head_dim / 2; interleaved as in Qwen3-VL.
-    rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
+    # mrope_section sums to head_dim / 2; interleaved as in Qwen3-VL. rope_theta is scaled to
+    # the tiny head_dim: with 8 frequencies and Qwen's 5e6, neighbouring image columns differ by
+    # 0.02 rad and a fine-tune cannot learn where anything is (grounding stays at chance).
+    rope_parameters={"rope_type": "default", "rope_theta": 100.0,
                      "mrope_section": [4, 2, 2], "mrope_interleaved": True},
 )
 VISION = dict(

@@ -45,12 +45,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(value: float, device) -> float:
+def all_reduce_sum(values: list[float], device) -> list[float]:
+    """Sum each value over all ranks, in one collective."""
     if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.item()
+    return t.tolist()
 
 
 def cleanup() -> None:

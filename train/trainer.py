@@ -106,32 +106,31 @@ def train(cfg: Config) -> Path:
     for step in range(start_step, cfg.train.max_steps):
         t0 = time.perf_counter()
         micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
-        # Mean over every label token of the global batch, however it is split.
+        # The loss is the mean over every label token of the global batch, however it is split
+        # into micro-batches and ranks; DDP averages gradients over ranks, hence the division.
         n_label = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-        n_label_global = all_reduce_sum(n_label, dist.device)
+        items_per_rank = torch.tensor(all_reduce_sum([n_label], dist.device)[0] / dist.world_size)
         loss_sum, tokens, skipped = 0.0, 0, []
         for i, batch in enumerate(micro_batches):
             skipped += batch.pop("skipped")
             batch = {k: v.to(dist.device) for k, v in batch.items()}
-            # DDP averages gradients over ranks; scale so the result is the global token mean.
-            scale = dist.world_size / n_label_global
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if dist.world_size == 1 or last else ddp_model.no_sync()
             with sync:
-                out_ = ddp_model(**batch, num_items_in_batch=torch.tensor(1.0 / scale))
-                out_.loss.backward()
-            loss_sum += out_.loss.item() / dist.world_size
+                loss = ddp_model(**batch, num_items_in_batch=items_per_rank).loss
+                loss.backward()
+            loss_sum += loss.item() / dist.world_size
             tokens += int(batch["attention_mask"].sum())
+        for record in skipped:
+            print(f"[data] rank {dist.rank} skipped {record}", flush=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        loss = all_reduce_sum(loss_sum, dist.device)
-        tokens = int(all_reduce_sum(tokens, dist.device))
-        n_skipped = int(all_reduce_sum(len(skipped), dist.device))
+        loss, tokens, n_skipped = all_reduce_sum([loss_sum, tokens, len(skipped)], dist.device)
         log.step(step + 1, loss=loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                 tokens=tokens, seconds=time.perf_counter() - t0, skipped=n_skipped)
+                 tokens=int(tokens), seconds=time.perf_counter() - t0, skipped=int(n_skipped))
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 \
                 and step + 1 < cfg.train.max_steps:
             ckpt.save_checkpoint(out, step + 1, model, optimizer, scheduler, dist, cfg.train.keep_last)
