@@ -58,7 +58,7 @@ def test_jsonl_bad_line_is_named(tmp_path):
 
 
 def test_labels_cover_only_assistant_replies(processor, corpus, tmp_path):
-    image = json.loads(corpus["train"].read_text())[0]["image"]
+    image = next(r["image"] for r in json.loads(corpus["train"].read_text()) if r["task"] == "vqa")
     record = {"id": "multi", "image": image, "conversations": [
         {"from": "system", "value": "Be brief."},
         {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"},
