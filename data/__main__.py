@@ -1,7 +1,7 @@
 """``python -m data SUBCOMMAND``: data tools.
 
   synth   write the synthetic VQA / grounding / document corpus (LLaVA JSON + PNG images)
-  check   read a LLaVA/Qwen-finetune JSON, report bad samples (missing images, tag mismatches)
+  check   read a training file (LLaVA JSON or messages JSONL), report bad samples
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--train-per-task", type=int, default=1000)
     synth.add_argument("--eval-per-task", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
-    check = sub.add_parser("check", help="validate a LLaVA/Qwen-finetune JSON file")
+    check = sub.add_parser("check", help="validate a training data file")
     check.add_argument("path")
+    check.add_argument("--format", default="llava_json", choices=["llava_json", "messages"])
     check.add_argument("--image-root", default=None)
     args = parser.parse_args(argv)
 
@@ -34,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from data.samples import BadSampleLog, DataError
-    from data.sources import load_llava_json
+    from data.sources import load_source
 
     bad = BadSampleLog("skip")
     try:
-        samples = load_llava_json(args.path, args.image_root, bad)
+        samples = load_source(args.format, args.path, args.image_root, bad)
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 3

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
+
+from data.images import load_image
 
 IGNORE_INDEX = -100
 
@@ -27,11 +28,6 @@ class VisionBudget:
 
 class SampleTooLong(ValueError):
     pass
-
-
-def load_image(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 class SampleEncoder:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from data.encode import VisionBudget
+from data.images import image_size
 
 
 @dataclass
@@ -38,13 +38,6 @@ def image_tokens(height: int, width: int, budget: VisionBudget, patch_size: int 
                  merge_size: int = 2) -> int:
     t, h, w = image_grid(height, width, budget, patch_size, merge_size)
     return t * h * w // merge_size**2
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(height, width) read from the file header, without decoding pixels."""
-    with Image.open(path) as im:
-        width, height = im.size
-    return height, width
 
 
 class TokenPlanner:

@@ -2,16 +2,22 @@
 
 ``llava_json``: the Qwen-finetune / LLaVA layout, a JSON list (or JSONL) of records with
 ``image`` (a path or a list of paths), ``conversations`` (``from``: human | gpt | system) and
-``<image>`` tags marking where each image goes. Image paths are relative to ``image_root``
-(default: the JSON file's folder).
+``<image>`` tags marking where each image goes.
+
+``messages``: OpenAI-style chat records (JSONL or a JSON list), ``{"messages": [{"role": ...,
+"content": str | [parts]}]}`` with parts ``{"type": "text", "text"}``, ``{"type": "image",
+"image": REF}`` or ``{"type": "image_url", "image_url": {"url": REF}}``; REF is a path, a
+``file://`` URL or a ``data:image/...;base64,`` URI. Video parts are not read yet.
+
+Relative image paths resolve against ``image_root`` (default: the data file's folder).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from data import images as images_lib
 from data.samples import BadSample, BadSampleLog, DataError, Sample
 
 IMAGE_TAG = "<image>"
@@ -40,8 +46,12 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def load_llava_json(path: str | Path, image_root: str | Path | None = None,
-                    bad: BadSampleLog | None = None) -> list[Sample]:
+def load_source(fmt: str, path: str | Path, image_root: str | Path | None = None,
+                bad: BadSampleLog | None = None) -> list[Sample]:
+    """Read ``path`` in format ``fmt`` (``llava_json`` or ``messages``)."""
+    converters = {"llava_json": _llava_to_sample, "messages": _messages_to_sample}
+    if fmt not in converters:
+        raise DataError(f"unknown data format {fmt!r}; choose from {sorted(converters)}")
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: data file not found")
@@ -51,21 +61,24 @@ def load_llava_json(path: str | Path, image_root: str | Path | None = None,
     for index, record in enumerate(read_records(path)):
         sample_id = str(record.get("id", index)) if isinstance(record, dict) else None
         try:
-            samples.append(_to_sample(record, index, root, str(path)))
+            if not isinstance(record, dict):
+                raise ValueError(f"expected an object, got {type(record).__name__}")
+            samples.append(converters[fmt](record, index, root, str(path)))
         except ValueError as e:
             bad.add(BadSample(str(path), index, sample_id, str(e)))
     return samples
 
 
-def _to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
-    if not isinstance(record, dict):
-        raise ValueError(f"expected an object, got {type(record).__name__}")
+def load_llava_json(path, image_root=None, bad: BadSampleLog | None = None) -> list[Sample]:
+    return load_source("llava_json", path, image_root, bad)
+
+
+def _llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
     images = record.get("image") or []
     images = [images] if isinstance(images, str) else list(images)
-    paths = [p if os.path.isabs(p) else str(root / p) for p in images]
+    paths = [images_lib.resolve(p, str(root)) for p in images]
     for original, p in zip(images, paths):
-        if not os.path.isfile(p):
-            raise ValueError(f"image file not found: {original} (looked for {p})")
+        _check_image(original, p)
 
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -92,6 +105,63 @@ def _to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
                   meta={k: v for k, v in record.items() if k not in ("image", "conversations")})
 
 
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
+    turns = record.get("messages")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("no 'messages' list")
+    messages, images = [], []
+    for i, turn in enumerate(turns):
+        role = turn.get("role") if isinstance(turn, dict) else None
+        if role not in MESSAGE_ROLES:
+            raise ValueError(f"message {i}: role {role!r} is not one of {', '.join(MESSAGE_ROLES)}")
+        content = turn.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "text": content}] if content else []
+        elif isinstance(content, list):
+            parts = []
+            for part in content:
+                ref = _image_ref(part, i)
+                if ref is None:
+                    parts.append({"type": "text", "text": part["text"]})
+                    continue
+                if role != "user":
+                    raise ValueError(f"message {i}: images are only read in user turns, not {role}")
+                resolved = images_lib.resolve(ref, str(root))
+                _check_image(ref, resolved)
+                images.append(resolved)
+                parts.append({"type": "image"})
+        else:
+            raise ValueError(f"message {i}: content must be a string or a list of parts")
+        messages.append({"role": role, "content": parts})
+    if not any(m["role"] == "assistant" and m["content"] for m in messages):
+        raise ValueError("no non-empty assistant turn to learn from")
+    return Sample(id=str(record.get("id", index)), messages=messages, images=images,
+                  source=source, index=index,
+                  meta={k: v for k, v in record.items() if k != "messages"})
+
+
+def _image_ref(part, i: int) -> str | None:
+    """The image reference of a content part, or None for a text part."""
+    if not isinstance(part, dict):
+        raise ValueError(f"message {i}: content part must be an object, got {part!r:.60}")
+    kind = part.get("type")
+    if kind == "text" and isinstance(part.get("text"), str):
+        return None
+    if kind == "image" and isinstance(part.get("image"), str):
+        return part["image"]
+    if kind == "image_url":
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if isinstance(url, str):
+            return url
+    if kind in ("video", "video_url"):
+        raise ValueError(f"message {i}: video parts are not supported by this source yet")
+    raise ValueError(f"message {i}: unreadable content part {json.dumps(part)[:80]}")
+
+
 def _content_parts(text: str) -> list[dict]:
     parts = []
     for i, chunk in enumerate(text.split(IMAGE_TAG)):
@@ -100,3 +170,10 @@ def _content_parts(text: str) -> list[dict]:
         if chunk:
             parts.append({"type": "text", "text": chunk})
     return parts
+
+
+def _check_image(original: str, resolved: str) -> None:
+    problem = images_lib.check(resolved)
+    if problem:
+        where = "" if images_lib.is_inline(resolved) else f": {original} (looked for {resolved})"
+        raise ValueError(problem + where)

@@ -22,8 +22,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # LLaVA/Qwen-finetune JSON or JSONL
-    format: Literal["llava_json"] = "llava_json"
+    train: str = ""  # a JSON or JSONL file in ``format`` (see data/sources.py)
+    format: Literal["llava_json", "messages"] = "llava_json"
     image_root: str | None = None  # default: the JSON file's folder
     min_pixels: int = 32 * 32 * 4
     max_pixels: int = 32 * 32 * 256

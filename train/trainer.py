@@ -19,7 +19,7 @@ import torch
 from data.configio import to_dict
 from data.encode import SampleEncoder, VisionBudget
 from data.samples import BadSampleLog
-from data.sources import load_llava_json
+from data.sources import load_source
 from train import checkpoint as ckpt
 from train.config import Config
 from train.data import EncodedDataset, StepBatchSampler, make_loader
@@ -69,7 +69,7 @@ def train(cfg: Config) -> Path:
 
     # Data: read and check every record up front, so a bad file fails now, not at step 9000.
     bad = BadSampleLog(cfg.data.on_bad_sample)
-    samples = load_llava_json(cfg.data.train, cfg.data.image_root, bad)
+    samples = load_source(cfg.data.format, cfg.data.train, cfg.data.image_root, bad)
     if bad.records and dist.is_main:
         print(f"[data] skipped {len(bad.records)} bad samples: {bad.summary()}", flush=True)
     processor = load_processor(cfg.model.path)

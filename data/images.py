@@ -1,0 +1,65 @@
+"""Image references: a file path, a ``file://`` URL, or an inline ``data:image/...;base64,`` URI.
+
+Samples carry references, not pixels; pixels are decoded only when a sample is encoded, and
+``image_size`` reads just the header (the token planner's input).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+
+from PIL import Image
+
+DATA_URI_PREFIX = "data:image/"
+
+
+def is_inline(ref: str) -> bool:
+    return ref.startswith(DATA_URI_PREFIX)
+
+
+def resolve(ref: str, root: str) -> str:
+    """An absolute path for file references (``file://`` stripped); inline URIs unchanged."""
+    if is_inline(ref):
+        return ref
+    if ref.startswith("file://"):
+        ref = ref[len("file://"):]
+    return ref if os.path.isabs(ref) else os.path.join(root, ref)
+
+
+def check(ref: str) -> str | None:
+    """Why ``ref`` cannot be an image (cheap checks only), or None."""
+    if is_inline(ref):
+        header, sep, payload = ref.partition(",")
+        if not sep or not header.endswith(";base64"):
+            return "inline image is not a base64 data URI (data:image/<type>;base64,...)"
+        try:
+            base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            return "inline image has invalid base64 data"
+        return None
+    if "://" in ref:
+        return f"remote image URLs are not fetched: {ref[:80]}"
+    if not os.path.isfile(ref):
+        return "image file not found"
+    return None
+
+
+def _open(ref: str):
+    if is_inline(ref):
+        return Image.open(io.BytesIO(base64.b64decode(ref.partition(",")[2])))
+    return Image.open(ref)
+
+
+def load_image(ref: str) -> Image.Image:
+    with _open(ref) as im:
+        return im.convert("RGB")
+
+
+def image_size(ref: str) -> tuple[int, int]:
+    """(height, width) from the header, without decoding pixels."""
+    with _open(ref) as im:
+        width, height = im.size
+    return height, width

@@ -1,0 +1,84 @@
+"""OpenAI-style ``messages`` records: text, image paths, file:// and base64 data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from data.encode import SampleEncoder, VisionBudget
+from data.planner import TokenPlanner
+from data.samples import BadSampleLog, DataError
+from data.sources import load_source
+
+
+def data_uri(color="red", size=(64, 32)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_messages_records_become_samples_that_encode(tmp_path, processor):
+    Image.new("RGB", (96, 96), "blue").save(tmp_path / "a.png")
+    record = {"id": "m1", "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": [
+            {"type": "image", "image": "a.png"},
+            {"type": "image_url", "image_url": {"url": data_uri()}},
+            {"type": "image_url", "image_url": f"file://{tmp_path / 'a.png'}"},
+            {"type": "text", "text": "Colours?"}]},
+        {"role": "assistant", "content": "blue, red, blue"},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]}
+    (sample,) = load_source("messages", write_jsonl(tmp_path / "m.jsonl", [record]))
+    assert sample.id == "m1" and len(sample.images) == 3
+    assert [p["type"] for p in sample.messages[1]["content"]] == ["image", "image", "image", "text"]
+
+    budget = VisionBudget(64 * 64, 256 * 256)
+    encoded = SampleEncoder(processor, budget).encode(sample)
+    labels = encoded["labels"][encoded["labels"] != -100]
+    assert processor.tokenizer.decode(labels) == "blue, red, blue<|im_end|>yes<|im_end|>"
+    assert encoded["image_grid_thw"].shape[0] == 3
+    assert TokenPlanner(processor, budget).plan(sample).total == len(encoded["input_ids"])
+
+
+@pytest.mark.parametrize("content,reason", [
+    ([{"type": "video", "video": "v.mp4"}], "video parts are not supported"),
+    ([{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}], "remote image URLs"),
+    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], "invalid base64"),
+    ([{"type": "image", "image": "missing.png"}], "image file not found: missing.png"),
+    ([{"type": "audio", "audio": "a.wav"}], "unreadable content part"),
+])
+def test_bad_parts_are_named(tmp_path, content, reason):
+    records = [{"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "a"}]},
+               {"id": "bad", "messages": [{"role": "user", "content": content},
+                                          {"role": "assistant", "content": "a"}]}]
+    path = write_jsonl(tmp_path / "m.jsonl", records)
+    with pytest.raises(DataError) as e:
+        load_source("messages", path)
+    assert f"{path}: sample 1 (id bad)" in str(e.value) and reason in str(e.value)
+
+
+def test_bad_roles_and_empty_replies_are_skipped_with_reasons(tmp_path):
+    records = [
+        {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+        {"messages": [{"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": [{"type": "image", "image": "x.png"}]}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "fine"}]},
+    ]
+    log = BadSampleLog("skip")
+    samples = load_source("messages", write_jsonl(tmp_path / "m.jsonl", records), bad=log)
+    assert [s.index for s in samples] == [3]
+    reasons = [r.reason for r in log.records]
+    assert "role 'human' is not one of" in reasons[0]
+    assert "no non-empty assistant turn" in reasons[1]
+    assert "images are only read in user turns" in reasons[2]
