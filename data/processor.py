@@ -32,6 +32,7 @@ IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS = 65536, 16777216
 
 
 def chat_template(name: str = "qwen3_vl_instruct") -> str:
+    """Qwen3-VL's chat templates: ``qwen3_vl_instruct`` or ``qwen3_vl_thinking``."""
     return (TEMPLATE_DIR / f"{name}.jinja").read_text()
 
 

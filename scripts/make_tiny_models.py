@@ -24,8 +24,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo/models")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--template", default="qwen3_vl_instruct",
+                        choices=["qwen3_vl_instruct", "qwen3_vl_thinking"],
+                        help="chat template: the Instruct or the Thinking variant of Qwen3-VL")
     args = parser.parse_args()
-    processor = build_processor()
+    processor = build_processor(args.template)
     for kind in ("dense", "moe"):
         path = build_tiny_checkpoint(Path(args.out) / f"qwen3vl-{kind}", kind, args.seed, processor)
         print(f"[models] {kind}: {path}")

@@ -101,3 +101,18 @@ def test_collate_pads_right_for_training_and_left_for_generation(processor, corp
     assert (left["input_ids"][:, -1] == newline).all()  # every prompt ends "assistant\n"
     assert (left["attention_mask"][:, -1] == 1).all()
     assert right["pixel_values"].shape[0] == sum(e["pixel_values"].shape[0] for e in examples)
+
+
+def test_thinking_reply_is_learned_with_its_reasoning(corpus, tmp_path):
+    from data.processor import build_processor
+
+    shutil.copytree(corpus["train"].parent / "images", tmp_path / "images")
+    image = next(r["image"] for r in json.loads(corpus["train"].read_text()) if r["task"] == "vqa")
+    record = {"image": image, "conversations": [
+        {"from": "human", "value": "<image>\nColour?"},
+        {"from": "gpt", "value": "<think>\nThe shapes are red.\n</think>\n\nred"}]}
+    (sample,) = load_llava_json(write_json(tmp_path / "think.json", [record]))
+    thinking = build_processor("qwen3_vl_thinking")
+    ex = SampleEncoder(thinking, VisionBudget(64 * 64, 256 * 256)).encode(sample)
+    kept = ex["labels"][ex["labels"] != IGNORE_INDEX]
+    assert thinking.tokenizer.decode(kept) == "<think>\nThe shapes are red.\n</think>\n\nred<|im_end|>"

@@ -61,3 +61,34 @@ def test_image_tokens_expand_per_32px_cell_within_budget(processor):
         assert n_pad == gh * gw // 4
         assert out["pixel_values"].shape == (gh * gw, 3 * 2 * 16 * 16)
         assert int(out["mm_token_type_ids"][0].sum()) == n_pad
+
+
+def test_thinking_template_renders_reasoning_like_qwen3_vl_thinking():
+    """Thinking: reasoning kept (as <think> block) only after the last user query; earlier
+    turns lose it; the last reply always carries a think block; generation opens one."""
+    from data.processor import build_processor
+
+    p = build_processor("qwen3_vl_thinking")
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Count?"}]}
+    msgs = [user, {"role": "assistant", "content": "<think>\nthree dots\n</think>\n\n3"},
+            {"role": "user", "content": "Colour?"},
+            {"role": "assistant", "content": "red", "reasoning_content": "all red"}]
+    assert p.apply_chat_template(msgs, tokenize=False) == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Count?<|im_end|>\n"
+        "<|im_start|>assistant\n3<|im_end|>\n"
+        "<|im_start|>user\nColour?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nall red\n</think>\n\nred<|im_end|>\n")
+    assert p.apply_chat_template([user], tokenize=False, add_generation_prompt=True).endswith(
+        "<|im_start|>assistant\n<think>\n")
+    plain = p.apply_chat_template([user, {"role": "assistant", "content": "3"}], tokenize=False)
+    assert plain.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n3<|im_end|>\n")
+
+
+def test_instruct_template_never_adds_think_tags():
+    from data.processor import build_processor
+
+    p = build_processor("qwen3_vl_instruct")
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert "<think>" not in p.apply_chat_template(msgs, tokenize=False)
+    assert p.apply_chat_template(msgs[:1], tokenize=False,
+                                 add_generation_prompt=True).endswith("<|im_start|>assistant\n")
