@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from data.encode import SampleEncoder, VisionBudget, collate
 from eval import leaderboard
@@ -65,7 +66,9 @@ def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) ->
     todo = [s for s in samples if s.id not in done]
 
     t0 = time.perf_counter()
-    with open(pred_path, "a") as f:
+    bar = tqdm(total=len(todo), desc=f"{ck.name}/{spec.name}", disable=not cfg.progress or not todo,
+               dynamic_ncols=True, mininterval=1.0)
+    with open(pred_path, "a") as f, bar:
         for i in range(0, len(todo), cfg.generation.batch_size):
             chunk, examples, records = todo[i:i + cfg.generation.batch_size], [], []
             for s in chunk:
@@ -84,6 +87,7 @@ def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) ->
                 f.write(json.dumps(r) + "\n")
                 done[r["id"]] = r
             f.flush()
+            bar.update(len(chunk))
     seconds = time.perf_counter() - t0
 
     scores, unparsed, failed = [], 0, 0
