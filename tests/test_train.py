@@ -88,3 +88,19 @@ def test_missing_image_fails_at_start_or_is_skipped(tiny, corpus, tmp_path):
     run_train(tiny, {"train": bad}, tmp_path / "skip", "train.max_steps=2",
               "data.on_bad_sample=skip")
     assert (tmp_path / "skip/final/adapter_model.safetensors").is_file()
+
+
+def test_full_fine_tune_of_moe_resumes_with_identical_losses(tiny, corpus, tmp_path):
+    """lora.enabled=false trains every weight (here the tiny MoE); resume restores them all."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = [f"model.path={tiny['moe']}", "lora.enabled=false", "train.max_steps=4",
+              "train.batch_size=2"]
+    run_train(tiny, corpus, full, *common)
+    run_train(tiny, corpus, part, *common, "train.save_every=2")
+    shutil.rmtree(part / "checkpoint-4")
+    (part / "metrics.jsonl").write_text("")
+    run_train(tiny, corpus, part, *common, "train.resume=auto")
+    resumed, reference = losses(part), losses(full)
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step

@@ -102,7 +102,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, dist: DistInfo) -> 
         state = {}
         for shard in sorted(model_dir.glob("*.safetensors")):
             state.update(load_file(str(shard)))
-        inner.load_state_dict(state, strict=False)
+        # save_pretrained leaves out an lm_head tied to the embeddings; anything else missing
+        # or unexpected means the checkpoint belongs to another model.
+        missing, unexpected = inner.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise ValueError(f"{model_dir}: checkpoint does not match the model "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(trainer_state["optimizer"])
     scheduler.load_state_dict(trainer_state["scheduler"])
