@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data error: {e}", file=sys.stderr)
         return 3
     print(f"[data] {args.path}: {len(samples)} good samples, {len(bad.records)} bad")
-    for record in bad.records:
-        print(f"  {record}")
-    reasons = Counter(r.reason.split(":")[0] for r in bad.records)
-    for reason, n in reasons.most_common():
-        print(f"  {n:6d}  {reason}")
+    if bad.records:
+        print(bad.report(len(samples)))
+        for record in bad.records[3:]:
+            print(f"  {record}")
     return 1 if bad.records else 0
 
 

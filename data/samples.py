@@ -7,6 +7,8 @@ source become ``BadSample`` records that name the file, the record index and the
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -24,6 +26,12 @@ class BadSample:
     def __str__(self) -> str:
         sid = f" (id {self.sample_id})" if self.sample_id is not None else ""
         return f"{self.source}: sample {self.index}{sid}: {self.reason}"
+
+    @property
+    def kind(self) -> str:
+        """The reason without its particulars (paths, counts, quoted values), for counting."""
+        head = self.reason.split(":")[0].split(" (")[0]
+        return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", head)).strip()
 
 
 @dataclass
@@ -65,6 +73,21 @@ class BadSampleLog:
             raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip to skip it.")
         self.records.append(record)
 
-    def summary(self) -> str:
-        return "; ".join(str(r) for r in self.records[:5]) + (
-            f"; ... {len(self.records) - 5} more" if len(self.records) > 5 else "")
+    def counts(self) -> Counter:
+        return Counter(r.kind for r in self.records)
+
+    def report(self, n_good: int) -> str:
+        """Counts per reason plus the first few records, for logs and errors."""
+        total = n_good + len(self.records)
+        lines = [f"{len(self.records)} of {total} samples are bad:"]
+        lines += [f"  {n:6d}  {kind}" for kind, n in self.counts().most_common()]
+        lines += [f"  e.g. {r}" for r in self.records[:3]]
+        return "\n".join(lines)
+
+    def check_fraction(self, n_good: int, max_fraction: float) -> None:
+        """Stop when more than ``max_fraction`` of the samples are bad (a wrong path or format
+        is likelier than a few broken records)."""
+        total = n_good + len(self.records)
+        if total and len(self.records) / total > max_fraction:
+            raise DataError(f"{self.report(n_good)}\nThat is more than data.max_bad_fraction="
+                            f"{max_fraction}; check the data path, image_root and format.")

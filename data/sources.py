@@ -116,7 +116,7 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
     for i, turn in enumerate(turns):
         role = turn.get("role") if isinstance(turn, dict) else None
         if role not in MESSAGE_ROLES:
-            raise ValueError(f"message {i}: role {role!r} is not one of {', '.join(MESSAGE_ROLES)}")
+            raise ValueError(f"role {role!r} is not one of {', '.join(MESSAGE_ROLES)} (message {i})")
         content = turn.get("content")
         if isinstance(content, str):
             parts = [{"type": "text", "text": content}] if content else []
@@ -128,13 +128,13 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
                     parts.append({"type": "text", "text": part["text"]})
                     continue
                 if role != "user":
-                    raise ValueError(f"message {i}: images are only read in user turns, not {role}")
+                    raise ValueError(f"images are only read in user turns, not {role} (message {i})")
                 resolved = images_lib.resolve(ref, str(root))
                 _check_image(ref, resolved)
                 images.append(resolved)
                 parts.append({"type": "image"})
         else:
-            raise ValueError(f"message {i}: content must be a string or a list of parts")
+            raise ValueError(f"content must be a string or a list of parts (message {i})")
         messages.append({"role": role, "content": parts})
     if not any(m["role"] == "assistant" and m["content"] for m in messages):
         raise ValueError("no non-empty assistant turn to learn from")
@@ -146,7 +146,7 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
 def _image_ref(part, i: int) -> str | None:
     """The image reference of a content part, or None for a text part."""
     if not isinstance(part, dict):
-        raise ValueError(f"message {i}: content part must be an object, got {part!r:.60}")
+        raise ValueError(f"content part must be an object, got {part!r:.60} (message {i})")
     kind = part.get("type")
     if kind == "text" and isinstance(part.get("text"), str):
         return None
@@ -158,8 +158,8 @@ def _image_ref(part, i: int) -> str | None:
         if isinstance(url, str):
             return url
     if kind in ("video", "video_url"):
-        raise ValueError(f"message {i}: video parts are not supported by this source yet")
-    raise ValueError(f"message {i}: unreadable content part {json.dumps(part)[:80]}")
+        raise ValueError(f"video parts are not supported by this source yet (message {i})")
+    raise ValueError(f"unreadable content part {json.dumps(part)[:80]} (message {i})")
 
 
 def _content_parts(text: str) -> list[dict]:

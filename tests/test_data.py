@@ -116,3 +116,21 @@ def test_thinking_reply_is_learned_with_its_reasoning(corpus, tmp_path):
     ex = SampleEncoder(thinking, VisionBudget(64 * 64, 256 * 256)).encode(sample)
     kept = ex["labels"][ex["labels"] != IGNORE_INDEX]
     assert thinking.tokenizer.decode(kept) == "<think>\nThe shapes are red.\n</think>\n\nred<|im_end|>"
+
+
+def test_bad_samples_are_counted_per_reason_and_bounded(corpus, tmp_path):
+    records = json.loads(corpus["train"].read_text())[:10]
+    for i in (1, 4, 7):
+        records[i]["image"] = f"images/train/gone-{i}.png"
+    records[2]["conversations"][0]["value"] = "<image><image>\nTwo?"
+    path = write_json(corpus["train"].parent / "mostly_bad.json", records)
+    log = BadSampleLog("skip")
+    samples = load_llava_json(path, bad=log)
+    assert len(samples) == 6
+    assert log.counts() == {"image file not found": 3, "N <image> tags but N images": 1}
+    log.check_fraction(len(samples), 0.5)  # 40% bad: under the bound, carries on
+    with pytest.raises(DataError) as e:
+        log.check_fraction(len(samples), 0.2)
+    msg = str(e.value)
+    assert "4 of 10 samples are bad" in msg and "3  image file not found" in msg
+    assert "data.max_bad_fraction=0.2" in msg and "gone-1.png" in msg

@@ -29,6 +29,7 @@ class DataConfig:
     max_pixels: int = 32 * 32 * 256
     max_seq_len: int = 4096
     on_bad_sample: Literal["error", "skip"] = "error"
+    max_bad_fraction: float = 0.05  # with on_bad_sample=skip: stop if more are bad than this
     num_workers: int = 0
 
     def __post_init__(self):
@@ -37,6 +38,8 @@ class DataConfig:
         if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
             raise ValueError(f"need 0 < data.min_pixels <= data.max_pixels, got "
                              f"{self.min_pixels} and {self.max_pixels}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.max_seq_len <= 0 or self.num_workers < 0:
             raise ValueError("data.max_seq_len must be > 0 and data.num_workers >= 0")
 
