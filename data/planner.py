@@ -34,6 +34,16 @@ def image_grid(height: int, width: int, budget: VisionBudget, patch_size: int = 
     return 1, h // patch_size, w // patch_size
 
 
+def processor_grid(processor, height: int, width: int, budget: VisionBudget) -> tuple[int, int, int]:
+    """The (t, h, w) grid the real image processor produces (decodes a blank image): the
+    reference that ``image_grid`` is checked against in tests and ``scripts/bench_data.py``."""
+    from PIL import Image
+
+    out = processor.image_processor(images=[Image.new("RGB", (width, height))],
+                                    return_tensors="pt", **budget.images_kwargs())
+    return tuple(out["image_grid_thw"][0].tolist())
+
+
 def image_tokens(height: int, width: int, budget: VisionBudget, patch_size: int = 16,
                  merge_size: int = 2) -> int:
     t, h, w = image_grid(height, width, budget, patch_size, merge_size)

@@ -21,10 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from data.encode import SampleEncoder, VisionBudget  # noqa: E402
-from data.planner import TokenPlanner, image_grid  # noqa: E402
+from data.planner import TokenPlanner, image_grid, processor_grid  # noqa: E402
 from data.processor import build_processor  # noqa: E402
 from data.sources import load_llava_json  # noqa: E402
 from data.synthetic import generate  # noqa: E402
@@ -56,9 +55,7 @@ def main() -> None:
     mismatches = 0
     for i, (h, w) in enumerate(random_sizes(args.cases, seed=0)):
         budget = BUDGETS[i % len(BUDGETS)]
-        out = processor.image_processor(images=[Image.new("RGB", (w, h))], return_tensors="pt",
-                                        **budget.images_kwargs())
-        mismatches += image_grid(h, w, budget) != tuple(out["image_grid_thw"][0].tolist())
+        mismatches += image_grid(h, w, budget) != processor_grid(processor, h, w, budget)
 
     corpus = generate(Path(tempfile.mkdtemp(prefix="bench_data-")), train_per_task=args.samples // 3,
                       eval_per_task=0)
