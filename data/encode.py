@@ -8,22 +8,12 @@ processor's resize. Labels keep only assistant replies (and their closing ``<|im
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from data.config import VisionBudget  # noqa: F401  (re-exported: the encoder's budget)
 from data.images import load_image
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class VisionBudget:
-    min_pixels: int = 32 * 32 * 4
-    max_pixels: int = 32 * 32 * 256
-
-    def images_kwargs(self) -> dict:
-        return {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
 
 
 class SampleTooLong(ValueError):

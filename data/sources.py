@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from data import images as images_lib
+from data.config import SourceConfig
 from data.samples import BadSample, BadSampleLog, DataError, Sample
 
 IMAGE_TAG = "<image>"
@@ -46,31 +47,54 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def load(cfg: SourceConfig, bad: BadSampleLog | None = None) -> list[Sample]:
+    """Read one configured source. Records that cannot become a sample go to ``bad`` (which
+    raises at once under the ``error`` policy) with the file, record index and reason."""
+    bad = bad or BadSampleLog("error")
+    samples = FORMATS[cfg.format](cfg, bad)
+    if cfg.max_samples is not None:
+        samples = samples[:cfg.max_samples]
+    if cfg.system_prompt:
+        for s in samples:
+            if s.messages[0]["role"] != "system":
+                s.messages.insert(0, {"role": "system",
+                                      "content": [{"type": "text", "text": cfg.system_prompt}]})
+    return samples
+
+
 def load_source(fmt: str, path: str | Path, image_root: str | Path | None = None,
                 bad: BadSampleLog | None = None) -> list[Sample]:
-    """Read ``path`` in format ``fmt`` (``llava_json`` or ``messages``)."""
-    converters = {"llava_json": _llava_to_sample, "messages": _messages_to_sample}
-    if fmt not in converters:
-        raise DataError(f"unknown data format {fmt!r}; choose from {sorted(converters)}")
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: data file not found")
-    root = Path(image_root) if image_root else path.parent
-    bad = bad or BadSampleLog("error")
-    samples = []
-    for index, record in enumerate(read_records(path)):
-        sample_id = str(record.get("id", index)) if isinstance(record, dict) else None
-        try:
-            if not isinstance(record, dict):
-                raise ValueError(f"expected an object, got {type(record).__name__}")
-            samples.append(converters[fmt](record, index, root, str(path)))
-        except ValueError as e:
-            bad.add(BadSample(str(path), index, sample_id, str(e)))
-    return samples
+    """Read ``path`` in format ``fmt`` (shorthand for ``load(SourceConfig(...))``)."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}; choose from {sorted(FORMATS)}")
+    return load(SourceConfig(path=str(path), format=fmt,
+                             image_root=str(image_root) if image_root else None), bad)
 
 
 def load_llava_json(path, image_root=None, bad: BadSampleLog | None = None) -> list[Sample]:
     return load_source("llava_json", path, image_root, bad)
+
+
+def _read_json_source(convert):
+    """A reader for JSON/JSONL sources whose records each convert to one sample."""
+
+    def read(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
+        path = Path(cfg.path)
+        if not path.exists():
+            raise DataError(f"{path}: data file not found")
+        root = Path(cfg.image_root) if cfg.image_root else path.parent
+        samples = []
+        for index, record in enumerate(read_records(path)):
+            sample_id = str(record.get("id", index)) if isinstance(record, dict) else None
+            try:
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected an object, got {type(record).__name__}")
+                samples.append(convert(record, index, root, str(path)))
+            except ValueError as e:
+                bad.add(BadSample(str(path), index, sample_id, str(e)))
+        return samples
+
+    return read
 
 
 def _llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
@@ -177,3 +201,10 @@ def _check_image(original: str, resolved: str) -> None:
     if problem:
         where = "" if images_lib.is_inline(resolved) else f": {original} (looked for {resolved})"
         raise ValueError(problem + where)
+
+
+# Every format a source config can name: reader(cfg, bad) -> samples.
+FORMATS = {
+    "llava_json": _read_json_source(_llava_to_sample),
+    "messages": _read_json_source(_messages_to_sample),
+}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data.config import VisionBudget
+
 
 @dataclass
 class CheckpointSpec:
@@ -23,8 +25,7 @@ class TaskSpec:
     data: str = ""  # local data for the task
     image_root: str | None = None
     limit: int | None = None  # evaluate only the first N samples
-    min_pixels: int | None = None  # per-task vision budget; default: vision.*
-    max_pixels: int | None = None
+    vision: dict = field(default_factory=dict)  # this task's overrides of the vision.* budget
 
     def __post_init__(self):
         from eval.tasks import TASKS
@@ -45,18 +46,12 @@ class GenerationConfig:
 
 
 @dataclass
-class VisionConfig:
-    min_pixels: int = 32 * 32 * 4
-    max_pixels: int = 32 * 32 * 256
-
-
-@dataclass
 class EvalConfig:
     output_dir: str = "outputs/eval"
     checkpoints: list[CheckpointSpec] = field(default_factory=list)
     tasks: list[TaskSpec] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionBudget = field(default_factory=VisionBudget)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     leaderboard: str | None = None  # write <this>.md and <this>.json over all results found
@@ -68,3 +63,5 @@ class EvalConfig:
         names = [c.name for c in self.checkpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"checkpoints: names must be unique, got {names}")
+        for spec in self.tasks:
+            self.vision.with_overrides(spec.vision, f"tasks.{spec.name}.vision")  # checks keys

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.encode import SampleEncoder, VisionBudget, collate
+from data.encode import SampleEncoder, collate
 from eval import leaderboard
 from eval.config import EvalConfig
 from eval.metrics import strip_thinking
@@ -56,8 +56,7 @@ def generate_batch(model, processor, examples: list[dict], gen) -> list[str]:
 def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) -> dict:
     task = get_task(spec.name)
     samples = task.load(spec)[: spec.limit]
-    budget = VisionBudget(spec.min_pixels or cfg.vision.min_pixels,
-                          spec.max_pixels or cfg.vision.max_pixels)
+    budget = cfg.vision.with_overrides(spec.vision, f"tasks.{spec.name}.vision")
     encoder = SampleEncoder(processor, budget, max_seq_len=10**9)
     key = run_key(cfg, ck, spec)
     pred_path = out_dir / "predictions" / ck.name / f"{spec.name}.jsonl"

@@ -69,13 +69,13 @@ def train(cfg: Config) -> Path:
 
     # Data: read and check every record up front, so a bad file fails now, not at step 9000.
     bad = BadSampleLog(cfg.data.on_bad_sample)
-    samples = load_source(cfg.data.format, cfg.data.train, cfg.data.image_root, bad)
+    samples = load_source(cfg.data.format, cfg.data.train, cfg.data.image_root, bad)  # TODO mixture
     if bad.records:
         bad.check_fraction(len(samples), cfg.data.max_bad_fraction)
         if dist.is_main:
             print(f"[data] skipping {bad.report(len(samples))}", flush=True)
     processor = load_processor(cfg.model.path)
-    encoder = SampleEncoder(processor, VisionBudget(cfg.data.min_pixels, cfg.data.max_pixels),
+    encoder = SampleEncoder(processor, cfg.data.vision,
                             cfg.data.max_seq_len)
     dataset = EncodedDataset(samples, encoder, cfg.data.on_bad_sample)
 

@@ -1,0 +1,106 @@
+"""Data config sections shared by training, ``python -m data`` and eval: vision budgets and
+the sources of a mixture. They are plain dataclasses loaded by ``data.configio``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MIN_SIDE = 32  # Qwen3-VL: patch 16 x merge 2; resized sides are multiples of this
+
+
+@dataclass
+class VisionBudget:
+    """How many pixels (hence visual tokens) each image and video may use.
+
+    One visual token covers 32x32 pixels (patch 16, 2x2 merge); a video's frames are taken in
+    pairs (temporal patch 2), so two sampled frames make one temporal step of tokens.
+    """
+
+    # Images: aspect ratio kept, sides rounded to multiples of 32, area within [min, max].
+    min_pixels: int = 32 * 32 * 4
+    max_pixels: int = 32 * 32 * 256
+    # Videos: frames sampled at ``fps`` (or exactly ``num_frames``), clamped to
+    # [min_frames, max_frames]; each frame within [video_min_pixels, video_max_pixels] and all
+    # frames of one video together within ``video_total_pixels``.
+    fps: float = 2.0
+    num_frames: int | None = None
+    min_frames: int = 4
+    max_frames: int = 64
+    video_min_pixels: int = 32 * 32 * 4
+    video_max_pixels: int = 32 * 32 * 64
+    video_total_pixels: int = 32 * 32 * 64 * 32
+
+    def __post_init__(self):
+        if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and "
+                             f"{self.max_pixels}")
+        if self.video_min_pixels <= 0 or self.video_max_pixels < self.video_min_pixels:
+            raise ValueError(f"need 0 < video_min_pixels <= video_max_pixels, got "
+                             f"{self.video_min_pixels} and {self.video_max_pixels}")
+        if not 0.1 <= self.fps <= 10:
+            raise ValueError(f"fps must be in [0.1, 10] (frames sampled per second), got {self.fps}")
+        if self.min_frames < 2 or self.max_frames < self.min_frames:
+            raise ValueError(f"need 2 <= min_frames <= max_frames, got {self.min_frames} and "
+                             f"{self.max_frames}")
+        if self.num_frames is not None and self.num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2 (the temporal patch is 2), got {self.num_frames}")
+        if self.video_total_pixels < self.video_min_pixels * self.min_frames:
+            raise ValueError(f"video_total_pixels {self.video_total_pixels} cannot hold min_frames="
+                             f"{self.min_frames} frames of video_min_pixels={self.video_min_pixels}")
+
+    def images_kwargs(self) -> dict:
+        return {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
+
+    def with_overrides(self, overrides: dict[str, Any], where: str) -> "VisionBudget":
+        """This budget with some fields replaced (a source's own budget); ``where`` names the
+        config key in errors."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown vision budget key {unknown[0]!r}; known: "
+                             f"{', '.join(sorted(known))}")
+        try:
+            return dataclasses.replace(self, **overrides)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+@dataclass
+class SourceConfig:
+    """One corpus of a mixture. ``format`` names a reader in ``data.sources.FORMATS``."""
+
+    path: str = ""  # a file, a folder, or (hf_dataset) a hub id / parquet or save_to_disk folder
+    format: str = "llava_json"
+    name: str = ""  # used in reports and stats; default: the path's stem
+    image_root: str | None = None  # relative media paths resolve here (default: the file's folder)
+    weight: float = 1.0  # relative sampling weight in the mixture
+    max_samples: int | None = None  # read at most this many (first N, before weighting)
+    vision: dict[str, Any] = field(default_factory=dict)  # overrides of data.* VisionBudget keys
+    system_prompt: str | None = None  # prepended as a system turn when a sample has none
+    # Formats whose records hold no conversation (hf_dataset, pdf, page_images, coco, refcoco,
+    # screenspot) build one from these:
+    prompt: str | None = None  # the user question/instruction; format default when None
+    columns: dict[str, str] = field(default_factory=dict)  # hf_dataset: role -> column name
+    split: str = "train"  # hf_dataset split
+    task: str | None = None  # format-specific target kind, e.g. pdf: qa | transcribe_markdown
+    dpi: int = 100  # pdf rendering resolution
+    pages: str | None = None  # pdf page range, e.g. "1-3,7"; default: all pages
+
+    def __post_init__(self):
+        from data.sources import FORMATS
+
+        if not self.path:
+            raise ValueError("each data source needs a path")
+        if self.format not in FORMATS:
+            raise ValueError(f"source {self.path}: unknown format {self.format!r}; choose from "
+                             f"{', '.join(sorted(FORMATS))}")
+        if self.weight <= 0:
+            raise ValueError(f"source {self.path}: weight must be > 0, got {self.weight}")
+        if self.max_samples is not None and self.max_samples <= 0:
+            raise ValueError(f"source {self.path}: max_samples must be > 0")
+        if not 36 <= self.dpi <= 600:
+            raise ValueError(f"source {self.path}: dpi must be in [36, 600], got {self.dpi}")
+        if not self.name:
+            self.name = self.path.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or self.path
