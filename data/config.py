@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MIN_SIDE = 32  # Qwen3-VL: patch 16 x merge 2; resized sides are multiples of this
 
@@ -104,3 +104,48 @@ class SourceConfig:
             raise ValueError(f"source {self.path}: dpi must be in [36, 600], got {self.dpi}")
         if not self.name:
             self.name = self.path.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or self.path
+
+
+@dataclass
+class DataConfig:
+    """What to train on. One source: ``train`` (+ ``format``, ``image_root``); a mixture:
+    ``sources``, a list of ``data.config.SourceConfig`` (path, format, weight, own budget...)."""
+
+    train: str = ""  # one source: a file/folder in ``format`` (see data/sources.py)
+    format: str = "llava_json"
+    image_root: str | None = None  # default: the data file's folder
+    sources: list[SourceConfig] = field(default_factory=list)
+    vision: VisionBudget = field(default_factory=VisionBudget)  # per image / video pixel budget
+    max_seq_len: int = 4096
+    # Per sample: visual tokens at most this many (None: only max_seq_len bounds them). A sample
+    # over either bound is shrunk (its visuals scaled down to fit) or dropped, by over_budget.
+    max_visual_tokens: int | None = None
+    over_budget: Literal["shrink", "drop"] = "shrink"
+    # Batching: packing puts several samples in one row of up to pack_tokens tokens (attention
+    # stays within each sample); otherwise batch_size samples are padded to the longest.
+    packing: bool = False
+    pack_tokens: int = 16384
+    on_bad_sample: Literal["error", "skip"] = "error"
+    max_bad_fraction: float = 0.05  # with on_bad_sample=skip: stop if more are bad than this
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if bool(self.train) == bool(self.sources):
+            raise ValueError("set exactly one of data.train (one file) and data.sources (a mixture)")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.max_seq_len <= 0 or self.num_workers < 0:
+            raise ValueError("data.max_seq_len must be > 0 and data.num_workers >= 0")
+        if self.packing and self.pack_tokens < self.max_seq_len:
+            raise ValueError(f"data.pack_tokens ({self.pack_tokens}) must be >= data.max_seq_len "
+                             f"({self.max_seq_len}) so that every sample fits in a packed row")
+        for i, source in enumerate(self.source_configs()):
+            self.vision.with_overrides(source.vision, f"data.sources[{i}].vision")  # checks keys
+
+    def source_configs(self) -> list[SourceConfig]:
+        if self.train:
+            return [SourceConfig(path=self.train, format=self.format, image_root=self.image_root)]
+        return self.sources
+
+    def budget(self, source: SourceConfig) -> VisionBudget:
+        return self.vision.with_overrides(source.vision, f"source {source.name}")

@@ -1,4 +1,6 @@
-"""Image references: a file path, a ``file://`` URL, or an inline ``data:image/...;base64,`` URI.
+"""Image references: a file path, a ``file://`` URL, an inline ``data:image/...;base64,`` URI,
+or a lazy reference into a container (a PDF page, a dataset row) whose scheme is listed in
+``SCHEMES``: the module named there provides ``check_ref``, ``open_ref`` and ``ref_size``.
 
 Samples carry references, not pixels; pixels are decoded only when a sample is encoded, and
 ``image_size`` reads just the header (the token planner's input).
@@ -16,13 +18,27 @@ from PIL import Image
 DATA_URI_PREFIX = "data:image/"
 
 
+# scheme prefix -> module with check_ref(ref) -> str | None, open_ref(ref) -> PIL image,
+# ref_size(ref) -> (height, width) without decoding pixels.
+SCHEMES: dict[str, str] = {}
+
+
+def _scheme_module(ref: str):
+    import importlib
+
+    for prefix, module in SCHEMES.items():
+        if ref.startswith(prefix):
+            return importlib.import_module(module)
+    return None
+
+
 def is_inline(ref: str) -> bool:
     return ref.startswith(DATA_URI_PREFIX)
 
 
 def resolve(ref: str, root: str) -> str:
     """An absolute path for file references (``file://`` stripped); inline URIs unchanged."""
-    if is_inline(ref):
+    if is_inline(ref) or _scheme_module(ref):
         return ref
     if ref.startswith("file://"):
         ref = ref[len("file://"):]
@@ -31,6 +47,8 @@ def resolve(ref: str, root: str) -> str:
 
 def check(ref: str) -> str | None:
     """Why ``ref`` cannot be an image (cheap checks only), or None."""
+    if (module := _scheme_module(ref)) is not None:
+        return module.check_ref(ref)
     if is_inline(ref):
         header, sep, payload = ref.partition(",")
         if not sep or not header.endswith(";base64"):
@@ -48,6 +66,8 @@ def check(ref: str) -> str | None:
 
 
 def _open(ref: str):
+    if (module := _scheme_module(ref)) is not None:
+        return module.open_ref(ref)
     if is_inline(ref):
         return Image.open(io.BytesIO(base64.b64decode(ref.partition(",")[2])))
     return Image.open(ref)
@@ -60,6 +80,8 @@ def load_image(ref: str) -> Image.Image:
 
 def image_size(ref: str) -> tuple[int, int]:
     """(height, width) from the header, without decoding pixels."""
+    if (module := _scheme_module(ref)) is not None:
+        return module.ref_size(ref)
     with _open(ref) as im:
         width, height = im.size
     return height, width
