@@ -87,6 +87,14 @@ class SourceConfig:
     task: str | None = None  # format-specific target kind, e.g. pdf: qa | transcribe_markdown
     dpi: int = 100  # pdf rendering resolution
     pages: str | None = None  # pdf page range, e.g. "1-3,7"; default: all pages
+    # hf_dataset / refcoco / screenspot read through `datasets`: the dataset's config name
+    # (hub "subset", e.g. DocVQA of lmms-lab/DocVQA); None: the dataset's default.
+    subset: str | None = None
+    # Grounding formats: layout of the record's pixel boxes, one of data.boxes.BOX_FORMATS
+    # (xywh | xyxy | xyxy_norm); None: the format's published layout (xywh for coco, refcoco
+    # and ScreenSpot v1/v2 JSON; ScreenSpot-Pro needs xyxy, the hub mirrors of ScreenSpot
+    # xyxy_norm). See data/grounding.py.
+    box_format: str | None = None
 
     def __post_init__(self):
         from data.sources import FORMATS
@@ -102,6 +110,12 @@ class SourceConfig:
             raise ValueError(f"source {self.path}: max_samples must be > 0")
         if not 36 <= self.dpi <= 600:
             raise ValueError(f"source {self.path}: dpi must be in [36, 600], got {self.dpi}")
+        if self.box_format is not None:
+            from data.boxes import BOX_FORMATS
+
+            if self.box_format not in BOX_FORMATS:
+                raise ValueError(f"source {self.path}: box_format must be one of "
+                                 f"{', '.join(BOX_FORMATS)}, got {self.box_format!r}")
         if not self.name:
             self.name = self.path.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or self.path
 
@@ -125,6 +139,7 @@ class DataConfig:
     # stays within each sample); otherwise batch_size samples are padded to the longest.
     packing: bool = False
     pack_tokens: int = 16384
+    group_by_length: bool = False  # without packing: batch samples of similar length together
     on_bad_sample: Literal["error", "skip"] = "error"
     max_bad_fraction: float = 0.05  # with on_bad_sample=skip: stop if more are bad than this
     num_workers: int = 0

@@ -75,3 +75,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.data.packing and self.train.batch_size != 1:
+            raise ValueError("with data.packing=true a micro-batch is one packed row of up to "
+                             "data.pack_tokens tokens: set train.batch_size=1 and size the step "
+                             "with data.pack_tokens and train.grad_accum")

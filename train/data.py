@@ -1,95 +1,156 @@
 """From samples to the micro-batches one process trains on.
 
-The order is a pure function of (seed, step): step ``s`` of epoch ``e`` takes its slice of
-``randperm(n, seed + e)``, split across gradient-accumulation micro-steps and ranks. Resuming at
-step ``s`` therefore sees exactly the samples an uninterrupted run would have seen.
+``BatchPlan`` lists the micro-batches of every epoch as a pure function of (seed, epoch): the
+mixture's order, cut into fixed-size batches (optionally grouped by length) or packed into rows
+of ``pack_tokens`` tokens. ``StepBatchSampler`` hands each rank its share of each step, so a run
+resumed at step ``s`` sees exactly the samples an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 from data.encode import collate
+from data.mixture import Mixture
+from data.packing import collate_packed, pack_rows
 from data.samples import BadSample, DataError
 
 MAX_SUBSTITUTIONS = 16
+LENGTH_GROUP_BATCHES = 64  # group_by_length sorts windows of this many batches
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Encodes a sample on access. Under ``skip``, a sample that fails to encode (unreadable
-    image, too long, ...) is replaced by the next one and reported with the batch."""
+    """Encodes a sample on access, with its source's encoder (each source has its own budget).
 
-    def __init__(self, samples, encoder, on_bad_sample: str = "error"):
-        self.samples, self.encoder, self.policy = samples, encoder, on_bad_sample
+    Under ``skip``, a sample that fails to encode (unreadable image, too long, ...) is replaced
+    by the next one - for packed rows, by the next one no longer than the planned length, so
+    the row still fits - and reported with the batch."""
+
+    def __init__(self, samples, encoders, offsets: list[int], on_bad_sample: str = "error",
+                 lengths: list[int] | None = None):
+        self.samples, self.encoders, self.offsets = samples, encoders, offsets
+        self.policy, self.lengths = on_bad_sample, lengths
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def encoder_for(self, index: int):
+        return self.encoders[bisect.bisect_right(self.offsets, index) - 1]
+
     def __getitem__(self, index: int) -> dict:
         skipped = []
-        for attempt in range(MAX_SUBSTITUTIONS):
-            sample = self.samples[(index + attempt) % len(self.samples)]
+        for attempt in range(MAX_SUBSTITUTIONS * 8):
+            candidate = (index + attempt) % len(self.samples)
+            if attempt and self.lengths is not None and self.lengths[candidate] > self.lengths[index]:
+                continue
+            sample = self.samples[candidate]
             try:
-                example = self.encoder.encode(sample)
+                example = self.encoder_for(candidate).encode(sample)
             except (OSError, ValueError) as e:
                 record = BadSample(sample.source, sample.index, sample.id, f"{type(e).__name__}: {e}")
                 if self.policy == "error":
                     raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip.") from e
                 skipped.append(str(record))
+                if len(skipped) >= MAX_SUBSTITUTIONS:
+                    break
                 continue
             example["skipped"] = skipped
             return example
-        raise DataError(f"{MAX_SUBSTITUTIONS} consecutive samples failed to encode from index "
-                        f"{index}: {skipped[-1]}")
+        raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
+                        f"{skipped[-1] if skipped else 'no replacement fits the packed row'}")
+
+
+class BatchPlan:
+    """The global list of micro-batches (lists of sample indices) of each epoch."""
+
+    def __init__(self, mixture: Mixture, batch_size: int, seed: int, lengths: list[int] | None = None,
+                 pack_tokens: int | None = None, group_by_length: bool = False):
+        if (pack_tokens or group_by_length) and lengths is None:
+            raise ValueError("packing and group_by_length need the planned sample lengths")
+        self.mixture, self.batch_size, self.seed = mixture, batch_size, seed
+        self.lengths, self.pack_tokens, self.group_by_length = lengths, pack_tokens, group_by_length
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def epoch(self, e: int) -> list[list[int]]:
+        if self._cached is None or self._cached[0] != e:
+            self._cached = (e, self._build(e))
+        return self._cached[1]
+
+    def _build(self, e: int) -> list[list[int]]:
+        order = self.mixture.epoch_order(e)
+        if self.pack_tokens:
+            batches = pack_rows(order, self.lengths, self.pack_tokens)
+        else:
+            if self.group_by_length:
+                window = self.batch_size * LENGTH_GROUP_BATCHES
+                order = [i for w in range(0, len(order), window)
+                         for i in sorted(order[w:w + window], key=lambda i: -self.lengths[i])]
+            b = self.batch_size
+            batches = [order[k:k + b] for k in range(0, len(order) - b + 1, b)]
+            if not self.group_by_length:
+                return batches
+        # Rows/groups come out ordered by size; shuffle them so steps mix long and short.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + e + 1)
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields this rank's micro-batches (lists of sample indices) for steps [start_step, max_steps)."""
+    """Yields this rank's micro-batches for steps [start_step, max_steps): step ``s`` takes the
+    next ``grad_accum x world_size`` micro-batches of the plan; rank ``r`` gets every
+    ``world_size``-th of them."""
 
-    def __init__(self, n: int, batch_size: int, grad_accum: int, world_size: int, rank: int,
-                 seed: int, max_steps: int, start_step: int = 0):
-        self.n, self.batch_size, self.grad_accum = n, batch_size, grad_accum
-        self.world_size, self.rank, self.seed = world_size, rank, seed
+    def __init__(self, plan: BatchPlan, grad_accum: int, world_size: int, rank: int,
+                 max_steps: int, start_step: int = 0):
+        self.plan, self.grad_accum, self.world_size, self.rank = plan, grad_accum, world_size, rank
         self.max_steps, self.start_step = max_steps, start_step
-        self.samples_per_step = batch_size * grad_accum * world_size
-        if n < self.samples_per_step:
-            raise DataError(f"{n} training samples is fewer than one step needs "
-                            f"(batch_size x grad_accum x processes = {self.samples_per_step})")
-        self.steps_per_epoch = n // self.samples_per_step
+        self.per_step = grad_accum * world_size
+        if len(plan.epoch(0)) < self.per_step:
+            unit = "packed rows" if plan.pack_tokens else f"batches of {plan.batch_size}"
+            raise DataError(f"the data makes {len(plan.epoch(0))} {unit} per epoch, fewer than one "
+                            f"step needs (grad_accum x processes = {self.per_step})")
 
     def __len__(self) -> int:
         return (self.max_steps - self.start_step) * self.grad_accum
 
-    def permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+    def _steps_in(self, epoch: int) -> int:
+        return len(self.plan.epoch(epoch)) // self.per_step
 
     def __iter__(self):
-        epoch, perm = None, None
-        for step in range(self.start_step, self.max_steps):
-            e, k = divmod(step, self.steps_per_epoch)
-            if e != epoch:
-                epoch, perm = e, self.permutation(e)
-            chunk = perm[k * self.samples_per_step:(k + 1) * self.samples_per_step]
+        epoch, first_step = 0, 0  # first global step of ``epoch``
+        while first_step + self._steps_in(epoch) <= self.start_step:
+            first_step += self._steps_in(epoch)
+            epoch += 1
+        step = self.start_step
+        while step < self.max_steps:
+            batches = self.plan.epoch(epoch)
+            k = step - first_step
+            if k >= len(batches) // self.per_step:
+                first_step, epoch = step, epoch + 1
+                continue
+            chunk = batches[k * self.per_step:(k + 1) * self.per_step]
             for micro in range(self.grad_accum):
-                start = (micro * self.world_size + self.rank) * self.batch_size
-                yield chunk[start:start + self.batch_size]
+                yield chunk[micro * self.world_size + self.rank]
+            step += 1
 
 
 class TrainCollator:
-    """Right-pads a micro-batch and gathers the bad-sample reports of its examples."""
+    """Pads (or packs) a micro-batch and gathers the bad-sample reports of its examples."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, packing: bool = False, merge_size: int = 2):
+        self.pad_token_id, self.packing, self.merge_size = pad_token_id, packing, merge_size
 
     def __call__(self, examples: list[dict]) -> dict:
         skipped = [s for e in examples for s in e.pop("skipped", [])]
-        batch = collate(examples, self.pad_token_id, padding_side="right")
+        if self.packing:
+            batch = collate_packed(examples, self.merge_size)
+        else:
+            batch = collate(examples, self.pad_token_id, padding_side="right")
         batch["skipped"] = skipped
         return batch
 
 
-def make_loader(dataset, sampler: StepBatchSampler, pad_token_id: int, num_workers: int = 0):
+def make_loader(dataset, sampler: StepBatchSampler, collator: TrainCollator, num_workers: int = 0):
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                       collate_fn=TrainCollator(pad_token_id),
-                                       persistent_workers=False)
+                                       collate_fn=collator, persistent_workers=False)

@@ -37,6 +37,7 @@ class ProgressLog:
             record = {
                 "step": step, "loss": sum(x["loss"] for x in w) / len(w), "lr": m["lr"],
                 "grad_norm": m["grad_norm"], "tokens_per_s": sum(x["tokens"] for x in w) / seconds,
+                "tokens_per_step": sum(x["tokens"] for x in w) / len(w),
                 "step_s": seconds / len(w), "skipped_samples": self.skipped_total,
                 "elapsed_s": time.perf_counter() - self.t_start,
             }

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from data.configio import to_dict
-from data.encode import SampleEncoder, VisionBudget
+from data.corpus import load_corpus
 from data.samples import BadSampleLog
-from data.sources import load_source
 from train import checkpoint as ckpt
 from train.config import Config
-from train.data import EncodedDataset, StepBatchSampler, make_loader
+from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
 from train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from train.lora import apply_lora
 from train.modeling import load_model, load_processor
@@ -49,6 +48,12 @@ def build_scheduler(optimizer, cfg):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def real_tokens(batch: dict) -> int:
+    """Tokens that are not padding (a packed row has none)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
 def wrap_model(model, dist: DistInfo, text_only_batches_possible: bool):
     if dist.world_size == 1:
         return model
@@ -69,15 +74,18 @@ def train(cfg: Config) -> Path:
 
     # Data: read and check every record up front, so a bad file fails now, not at step 9000.
     bad = BadSampleLog(cfg.data.on_bad_sample)
-    samples = load_source(cfg.data.format, cfg.data.train, cfg.data.image_root, bad)  # TODO mixture
+    processor = load_processor(cfg.model.path)
+    needs_lengths = cfg.data.packing or cfg.data.group_by_length or cfg.data.max_visual_tokens
+    corpus = load_corpus(cfg.data, processor, bad, plan=bool(needs_lengths), progress=dist.is_main)
+    samples = corpus.samples
     if bad.records:
         bad.check_fraction(len(samples), cfg.data.max_bad_fraction)
         if dist.is_main:
             print(f"[data] skipping {bad.report(len(samples))}", flush=True)
-    processor = load_processor(cfg.model.path)
-    encoder = SampleEncoder(processor, cfg.data.vision,
-                            cfg.data.max_seq_len)
-    dataset = EncodedDataset(samples, encoder, cfg.data.on_bad_sample)
+    if dist.is_main:
+        print(f"[data] {len(samples)} samples ({corpus.summary()})", flush=True)
+    dataset = EncodedDataset(samples, corpus.encoders, corpus.offsets, cfg.data.on_bad_sample,
+                             corpus.lengths if cfg.data.packing else None)
 
     # Model, adapters, optimizer.
     model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation)
@@ -97,11 +105,14 @@ def train(cfg: Config) -> Path:
             print(f"[train] resumed from {resume_from} at step {start_step}", flush=True)
     ddp_model = wrap_model(model, dist, any(not s.images for s in samples))
 
-    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.grad_accum,
-                               dist.world_size, dist.rank, cfg.train.seed, cfg.train.max_steps,
-                               start_step)
-    batches = iter(make_loader(dataset, sampler, processor.tokenizer.pad_token_id,
-                               cfg.data.num_workers))
+    plan = BatchPlan(corpus.mixture(cfg.train.seed), cfg.train.batch_size, cfg.train.seed,
+                     corpus.lengths, cfg.data.pack_tokens if cfg.data.packing else None,
+                     cfg.data.group_by_length)
+    sampler = StepBatchSampler(plan, cfg.train.grad_accum, dist.world_size, dist.rank,
+                               cfg.train.max_steps, start_step)
+    collator = TrainCollator(processor.tokenizer.pad_token_id, cfg.data.packing,
+                             processor.image_processor.merge_size)
+    batches = iter(make_loader(dataset, sampler, collator, cfg.data.num_workers))
     log = ProgressLog(out / "metrics.jsonl", cfg.train, start_step, enabled=dist.is_main)
 
     ddp_model.train()
@@ -119,10 +130,10 @@ def train(cfg: Config) -> Path:
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if dist.world_size == 1 or last else ddp_model.no_sync()
             with sync:
-                loss = ddp_model(**batch, num_items_in_batch=items_per_rank).loss
+                loss = ddp_model(**batch, num_items_in_batch=items_per_rank, use_cache=False).loss
                 loss.backward()
             loss_sum += loss.item() / dist.world_size
-            tokens += int(batch["attention_mask"].sum())
+            tokens += real_tokens(batch)
         for record in skipped:
             print(f"[data] rank {dist.rank} skipped {record}", flush=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
