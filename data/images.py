@@ -20,7 +20,9 @@ DATA_URI_PREFIX = "data:image/"
 
 # scheme prefix -> module with check_ref(ref) -> str | None, open_ref(ref) -> PIL image,
 # ref_size(ref) -> (height, width) without decoding pixels.
-SCHEMES: dict[str, str] = {}
+SCHEMES: dict[str, str] = {
+    "pdfpage://": "data.pdfpages",  # a PDF page rendered at a dpi (data/pdfpages.py)
+}
 
 
 def _scheme_module(ref: str):

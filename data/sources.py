@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data import documents  # format readers: pdf, page_images
 from data import images as images_lib
 from data.config import SourceConfig
 from data.samples import BadSample, BadSampleLog, DataError, Sample
@@ -207,4 +208,6 @@ def _check_image(original: str, resolved: str) -> None:
 FORMATS = {
     "llava_json": _read_json_source(_llava_to_sample),
     "messages": _read_json_source(_messages_to_sample),
+    "pdf": documents.read_pdf,  # PDFs / annotation files -> page-image samples
+    "page_images": documents.read_page_images,  # folders of page images per document
 }
