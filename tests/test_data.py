@@ -50,11 +50,18 @@ def test_image_tags_repaired_or_rejected(corpus, tmp_path):
     assert "2 <image> tags but 1 images" in log.records[0].reason
 
 
-def test_jsonl_bad_line_is_named(tmp_path):
+def test_jsonl_bad_lines_are_named_and_skipped(corpus, tmp_path):
+    good = json.dumps(json.loads(corpus["train"].read_text())[0]).encode()
     path = tmp_path / "data.jsonl"
-    path.write_text('{"conversations": []}\n{not json\n')
-    with pytest.raises(DataError, match=r"data.jsonl: line 2: invalid JSON"):
-        load_llava_json(path)
+    path.write_bytes(good + b"\n{not json\n" + good.replace(b"What", b"Wh\xe4t") + b"\n" + good + b"\n")
+    with pytest.raises(DataError, match=r"data.jsonl: sample 1: line 2: invalid JSON"):
+        load_llava_json(path, image_root=corpus["train"].parent)
+    log = BadSampleLog("skip")
+    samples = load_llava_json(path, image_root=corpus["train"].parent, bad=log)
+    assert [s.index for s in samples] == [0, 3]  # the index of a JSONL record is its line - 1
+    assert [str(r).split(": ", 1)[1] for r in log.records] == [
+        "sample 1: line 2: invalid JSON (Expecting property name enclosed in double quotes)",
+        "sample 2: line 3: not valid UTF-8 (byte %d of the line)" % (good.index(b"What") + 2)]
 
 
 def test_labels_cover_only_assistant_replies(processor, corpus, tmp_path):
