@@ -3,7 +3,9 @@
 The conversation is rendered with the checkpoint's own chat template and tokenised by its own
 processor, so visual placeholders expand exactly as the processor does for that checkpoint.
 Images are fitted into the configured pixel budget (sides multiples of 32 for Qwen3-VL) by the
-processor's resize. Labels keep only assistant replies (and their closing ``<|im_end|>``).
+processor's resize. Videos are sampled and resized by ``data.video`` (the budget's fps / frame /
+pixel limits) and reach the processor with their metadata, which renders the frame timestamps.
+Labels keep only assistant replies (and their closing ``<|im_end|>``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import torch
 
 from data.config import VisionBudget  # noqa: F401  (re-exported: the encoder's budget)
+from data import video as video_lib
 from data.images import load_image
 
 IGNORE_INDEX = -100
+# (pixels, grid) tensors of each visual kind; batches concatenate them in sample order
+VISUAL_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
 
 
 class SampleTooLong(ValueError):
@@ -29,15 +34,23 @@ class SampleEncoder:
         self.assistant_header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.im_end_id = tok.convert_tokens_to_ids("<|im_end|>")
 
-    def _process(self, text: str, image_paths: list[str]) -> dict:
+    def _process(self, text: str, image_paths: list[str], videos: list) -> dict:
         images = [load_image(p) for p in image_paths] or None
+        video_inputs = {}
+        if videos:
+            vp = self.processor.video_processor
+            loaded = [video_lib.load(v, self.budget, vp.patch_size, vp.merge_size,
+                                     vp.temporal_patch_size) for v in videos]
+            video_inputs = {"videos": [frames for frames, _ in loaded],
+                            "videos_kwargs": {**video_lib.processor_kwargs(),
+                                              "video_metadata": [meta for _, meta in loaded]}}
         return self.processor(text=[text], images=images, return_tensors="pt",
-                              images_kwargs=self.budget.images_kwargs())
+                              images_kwargs=self.budget.images_kwargs(), **video_inputs)
 
     def encode(self, sample) -> dict:
         """Training example: full conversation, labels on assistant replies only."""
         text = self.processor.apply_chat_template(sample.messages, tokenize=False)
-        out = self._process(text, sample.images)
+        out = self._process(text, sample.images, sample.videos)
         ids = out["input_ids"][0]
         if len(ids) > self.max_seq_len:
             # Never truncate: a cut through visual tokens breaks the image/feature match.
@@ -51,7 +64,7 @@ class SampleEncoder:
         """Generation input: everything before the last assistant turn plus the assistant header."""
         text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False,
                                                   add_generation_prompt=True)
-        return _example(self._process(text, sample.images), None)
+        return _example(self._process(text, sample.images, sample.videos), None)
 
     def assistant_labels(self, ids: list[int]) -> list[int]:
         labels = [IGNORE_INDEX] * len(ids)
@@ -74,9 +87,9 @@ def _example(out, labels) -> dict:
                "mm_token_type_ids": out["mm_token_type_ids"][0]}
     if labels is not None:
         example["labels"] = labels
-    if "pixel_values" in out:
-        example["pixel_values"] = out["pixel_values"]
-        example["image_grid_thw"] = out["image_grid_thw"]
+    for pixels, grid in VISUAL_KEYS:
+        if pixels in out:
+            example[pixels], example[grid] = out[pixels], out[grid]
     return example
 
 
@@ -95,8 +108,9 @@ def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right"
             fill = torch.full((longest - len(e[key]),), pad, dtype=e[key].dtype)
             rows.append(torch.cat([fill, e[key]] if padding_side == "left" else [e[key], fill]))
         batch[key] = torch.stack(rows)
-    with_pixels = [e for e in examples if "pixel_values" in e]
-    if with_pixels:
-        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_pixels])
-        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_pixels])
+    for pixels, grid in VISUAL_KEYS:
+        with_pixels = [e for e in examples if pixels in e]
+        if with_pixels:
+            batch[pixels] = torch.cat([e[pixels] for e in with_pixels])
+            batch[grid] = torch.cat([e[grid] for e in with_pixels])
     return batch

@@ -1,7 +1,7 @@
 """The sample stage: a source record becomes chat messages plus the media files they reference.
 
-A ``Sample`` is what every source (LLaVA JSON today; messages JSONL, HF datasets, video and
-documents later) produces, and what the encoder consumes. Problems found while reading a
+A ``Sample`` is what every source (LLaVA JSON, messages JSONL, HF datasets, documents...)
+produces, and what the encoder consumes. Problems found while reading a
 source become ``BadSample`` records that name the file, the record index and the reason.
 """
 
@@ -37,7 +37,8 @@ class BadSample:
 @dataclass
 class Sample:
     """One conversation. ``messages`` use Qwen/OpenAI content parts: ``{"type": "image"}`` marks
-    where the i-th entry of ``images`` goes; ``{"type": "text", "text": ...}`` carries text."""
+    where the i-th entry of ``images`` goes, ``{"type": "video"}`` where the i-th entry of
+    ``videos`` (``data.video.VideoRef``) goes; ``{"type": "text", "text": ...}`` carries text."""
 
     id: str
     messages: list[dict]
@@ -45,6 +46,7 @@ class Sample:
     source: str = ""
     index: int = -1
     meta: dict = field(default_factory=dict)
+    videos: list = field(default_factory=list)  # last, so positional construction is unchanged
 
     def answer(self) -> str:
         """Text of the last assistant turn (the reference answer in eval sets)."""
@@ -91,3 +93,19 @@ class BadSampleLog:
         if total and len(self.records) / total > max_fraction:
             raise DataError(f"{self.report(n_good)}\nThat is more than data.max_bad_fraction="
                             f"{max_fraction}; check the data path, image_root and format.")
+
+
+class BadSampleFile:
+    """Appends bad-sample records as JSON lines (``bad_samples.jsonl`` in a run's output), so
+    every skipped sample is on disk with its file, record, id, reason, stage and rank."""
+
+    def __init__(self, path, rank: int = 0):
+        self.path, self.rank = path, rank
+
+    def write(self, records: list[BadSample], **context) -> None:
+        import dataclasses
+        import json
+
+        with open(self.path, "a") as f:
+            for r in records:
+                f.write(json.dumps({**dataclasses.asdict(r), "rank": self.rank, **context}) + "\n")

@@ -2,12 +2,21 @@
 
 ``llava_json``: the Qwen-finetune / LLaVA layout, a JSON list (or JSONL) of records with
 ``image`` (a path or a list of paths), ``conversations`` (``from``: human | gpt | system) and
-``<image>`` tags marking where each image goes.
+``<image>`` tags marking where each image goes; ``video`` (a video path or frame folder, or a
+list of them: one entry per video, an entry may itself be a list of frame paths) with
+``<video>`` tags. Media without any tag of their kind are placed before the first user text
+(images, then videos); a tag count that differs from the media count is a bad sample.
 
 ``messages``: OpenAI-style chat records (JSONL or a JSON list), ``{"messages": [{"role": ...,
 "content": str | [parts]}]}`` with parts ``{"type": "text", "text"}``, ``{"type": "image",
 "image": REF}`` or ``{"type": "image_url", "image_url": {"url": REF}}``; REF is a path, a
-``file://`` URL or a ``data:image/...;base64,`` URI. Video parts are not read yet.
+``file://`` URL or a ``data:image/...;base64,`` URI; ``{"type": "video", "video": PATH or
+[FRAME PATHS]}`` or ``{"type": "video_url", "video_url": {"url": PATH}}``.
+
+Videos (see data/video.py) take qwen-vl-utils' per-video keys, on the video part or (LLaVA) the
+record: ``fps`` (frames sampled per second of a video file) or ``nframes`` / ``num_frames``
+(exactly this many), and ``sample_fps`` (frame lists: the rate the frames were taken at,
+default 2, for the timestamps).
 
 Relative image paths resolve against ``image_root`` (default: the data file's folder).
 """
@@ -15,14 +24,18 @@ Relative image paths resolve against ``image_root`` (default: the data file's fo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from data import documents  # format readers: pdf, page_images
 from data import images as images_lib
+from data import video as video_lib
 from data.config import SourceConfig
 from data.samples import BadSample, BadSampleLog, DataError, Sample
 
 IMAGE_TAG = "<image>"
+VIDEO_TAG = "<video>"
+VIDEO_OPTIONS = ("fps", "nframes", "num_frames", "sample_fps")  # qwen-vl-utils' per-video keys
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
 
@@ -105,17 +118,12 @@ def _llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sampl
     for original, p in zip(images, paths):
         _check_image(original, p)
 
+    videos = _llava_videos(record, root)
+
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise ValueError("no 'conversations' list")
-    n_tags = sum(str(t.get("value", "")).count(IMAGE_TAG) for t in turns)
-    if n_tags == 0 and paths:
-        # Repair rule: images without tags go before the first user text (LLaVA convention).
-        first_user = next(i for i, t in enumerate(turns) if ROLES.get(t.get("from")) == "user")
-        turns = [dict(t) for t in turns]
-        turns[first_user]["value"] = IMAGE_TAG * len(paths) + "\n" + turns[first_user]["value"]
-    elif n_tags != len(paths):
-        raise ValueError(f"{n_tags} {IMAGE_TAG} tags but {len(paths)} images")
+    turns = _place_tags(turns, [(IMAGE_TAG, len(paths), "images"), (VIDEO_TAG, len(videos), "videos")])
 
     messages = []
     for t in turns:
@@ -126,8 +134,47 @@ def _llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sampl
     if not any(m["role"] == "assistant" and m["content"] for m in messages):
         raise ValueError("no non-empty assistant turn to learn from")
     return Sample(id=str(record.get("id", index)), messages=messages, images=paths,
-                  source=source, index=index,
-                  meta={k: v for k, v in record.items() if k not in ("image", "conversations")})
+                  videos=videos, source=source, index=index,
+                  meta={k: v for k, v in record.items()
+                        if k not in ("image", "video", "conversations")})
+
+
+def _llava_videos(record: dict, root: Path) -> list:
+    """The record's ``video`` entries as checked ``VideoRef``s (a str: one video; a list: one
+    video per entry, each a path, a frame folder or a list of frame paths)."""
+    value = record.get("video")
+    if value is None or value == []:
+        return []
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list):
+        raise ValueError(f"'video' must be a path or a list, got {type(value).__name__}")
+    options = {k: record[k] for k in VIDEO_OPTIONS if k in record}
+    videos = []
+    for entry in entries:
+        ref = video_lib.make_ref(entry, str(root), options)
+        _check_video(ref)
+        videos.append(ref)
+    return videos
+
+
+def _place_tags(turns: list, media: list[tuple[str, int, str]]) -> list:
+    """Check each kind's tag count against its media count. Repair rule (LLaVA convention):
+    media with no tag of their kind at all go before the first user text."""
+    missing = ""
+    for tag, n_media, what in media:
+        n_tags = sum(str(t.get("value", "")).count(tag) for t in turns if isinstance(t, dict))
+        if n_tags == 0 and n_media:
+            missing += tag * n_media
+        elif n_tags != n_media:
+            raise ValueError(f"{n_tags} {tag} tags but {n_media} {what}")
+    if not missing:
+        return turns
+    users = [i for i, t in enumerate(turns) if isinstance(t, dict) and ROLES.get(t.get("from")) == "user"]
+    if not users:
+        raise ValueError("no human turn to place the untagged images/videos in")
+    turns = [dict(t) for t in turns]
+    turns[users[0]]["value"] = missing + "\n" + str(turns[users[0]].get("value", ""))
+    return turns
 
 
 MESSAGE_ROLES = ("system", "user", "assistant")
@@ -137,7 +184,7 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
     turns = record.get("messages")
     if not isinstance(turns, list) or not turns:
         raise ValueError("no 'messages' list")
-    messages, images = [], []
+    messages, images, videos = [], [], []
     for i, turn in enumerate(turns):
         role = turn.get("role") if isinstance(turn, dict) else None
         if role not in MESSAGE_ROLES:
@@ -148,6 +195,13 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
         elif isinstance(content, list):
             parts = []
             for part in content:
+                video = _video_ref(part, i, root)
+                if video is not None:
+                    if role != "user":
+                        raise ValueError(f"videos are only read in user turns, not {role} (message {i})")
+                    videos.append(video)
+                    parts.append({"type": "video"})
+                    continue
                 ref = _image_ref(part, i)
                 if ref is None:
                     parts.append({"type": "text", "text": part["text"]})
@@ -164,8 +218,28 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
     if not any(m["role"] == "assistant" and m["content"] for m in messages):
         raise ValueError("no non-empty assistant turn to learn from")
     return Sample(id=str(record.get("id", index)), messages=messages, images=images,
-                  source=source, index=index,
+                  videos=videos, source=source, index=index,
                   meta={k: v for k, v in record.items() if k != "messages"})
+
+
+def _video_ref(part, i: int, root: Path):
+    """The checked ``VideoRef`` of a video content part, or None for any other part."""
+    if not isinstance(part, dict):
+        return None
+    kind = part.get("type")
+    if kind == "video" or (kind is None and "video" in part):
+        value = part.get("video")
+    elif kind == "video_url":
+        value = part.get("video_url")
+        value = value.get("url") if isinstance(value, dict) else value
+    else:
+        return None
+    try:
+        ref = video_lib.make_ref(value, str(root), {k: part[k] for k in VIDEO_OPTIONS if k in part})
+    except ValueError as e:
+        raise ValueError(f"{e} (message {i})") from None
+    _check_video(ref)
+    return ref
 
 
 def _image_ref(part, i: int) -> str | None:
@@ -182,17 +256,15 @@ def _image_ref(part, i: int) -> str | None:
         url = url.get("url") if isinstance(url, dict) else url
         if isinstance(url, str):
             return url
-    if kind in ("video", "video_url"):
-        raise ValueError(f"video parts are not supported by this source yet (message {i})")
     raise ValueError(f"unreadable content part {json.dumps(part)[:80]} (message {i})")
 
 
 def _content_parts(text: str) -> list[dict]:
     parts = []
-    for i, chunk in enumerate(text.split(IMAGE_TAG)):
-        if i > 0:
-            parts.append({"type": "image"})
-        if chunk:
+    for chunk in re.split(f"({re.escape(IMAGE_TAG)}|{re.escape(VIDEO_TAG)})", text):
+        if chunk in (IMAGE_TAG, VIDEO_TAG):
+            parts.append({"type": "image" if chunk == IMAGE_TAG else "video"})
+        elif chunk:
             parts.append({"type": "text", "text": chunk})
     return parts
 
@@ -202,6 +274,12 @@ def _check_image(original: str, resolved: str) -> None:
     if problem:
         where = "" if images_lib.is_inline(resolved) else f": {original} (looked for {resolved})"
         raise ValueError(problem + where)
+
+
+def _check_video(ref) -> None:
+    problem = video_lib.check(ref)  # names the file
+    if problem:
+        raise ValueError(problem)
 
 
 # Every format a source config can name: reader(cfg, bad) -> samples.

@@ -51,7 +51,7 @@ def test_messages_records_become_samples_that_encode(tmp_path, processor):
 
 
 @pytest.mark.parametrize("content,reason", [
-    ([{"type": "video", "video": "v.mp4"}], "video parts are not supported"),
+    ([{"type": "video", "video": "v.mp4"}], "video file not found"),
     ([{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}], "remote image URLs"),
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], "invalid base64"),
     ([{"type": "image", "image": "missing.png"}], "image file not found: missing.png"),
