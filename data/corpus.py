@@ -17,7 +17,7 @@ from data.config import DataConfig, SourceConfig
 from data.encode import SampleEncoder
 from data.mixture import Mixture
 from data.planner import TokenPlanner
-from data.samples import BadSample, BadSampleLog, Sample
+from data.samples import BadSample, BadSampleLog, DataError, Sample
 from data.sources import load
 
 
@@ -29,13 +29,18 @@ class Corpus:
     encoders: list[SampleEncoder]
     lengths: list[int] | None  # planned tokens per sample (text + visual), when planned
 
+    def sizes(self) -> list[int]:
+        return [end - start for start, end in zip(self.offsets, self.offsets[1:] + [len(self.samples)])]
+
     def mixture(self, seed: int) -> Mixture:
-        sizes = [end - start for start, end in zip(self.offsets, self.offsets[1:] + [len(self.samples)])]
-        return Mixture(sizes, [s.weight for s in self.sources], seed)
+        for source, n in zip(self.sources, self.sizes()):
+            if n == 0:
+                raise DataError(f"source {source.name!r} ({source.path}) has no usable samples; "
+                                f"fix it or remove it from data.sources")
+        return Mixture(self.sizes(), [s.weight for s in self.sources], seed)
 
     def summary(self) -> str:
-        sizes = [end - start for start, end in zip(self.offsets, self.offsets[1:] + [len(self.samples)])]
-        return ", ".join(f"{s.name}: {n}" for s, n in zip(self.sources, sizes))
+        return ", ".join(f"{s.name}: {n}" for s, n in zip(self.sources, self.sizes()))
 
 
 def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,

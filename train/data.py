@@ -9,6 +9,7 @@ resumed at step ``s`` sees exactly the samples an uninterrupted run would have s
 from __future__ import annotations
 
 import bisect
+import dataclasses
 
 import torch
 
@@ -52,14 +53,14 @@ class EncodedDataset(torch.utils.data.Dataset):
                 record = BadSample(sample.source, sample.index, sample.id, f"{type(e).__name__}: {e}")
                 if self.policy == "error":
                     raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip.") from e
-                skipped.append(str(record))
+                skipped.append(dataclasses.asdict(record))
                 if len(skipped) >= MAX_SUBSTITUTIONS:
                     break
                 continue
             example["skipped"] = skipped
             return example
         raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
-                        f"{skipped[-1] if skipped else 'no replacement fits the packed row'}")
+                        f"{BadSample(**skipped[-1]) if skipped else 'no replacement fits the packed row'}")
 
 
 class BatchPlan:

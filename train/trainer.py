@@ -18,7 +18,7 @@ import torch
 
 from data.configio import to_dict
 from data.corpus import load_corpus
-from data.samples import BadSampleLog
+from data.samples import BadSample, BadSampleFile, BadSampleLog
 from train import checkpoint as ckpt
 from train.config import Config
 from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
@@ -75,13 +75,16 @@ def train(cfg: Config) -> Path:
     # Data: read and check every record up front, so a bad file fails now, not at step 9000.
     bad = BadSampleLog(cfg.data.on_bad_sample)
     processor = load_processor(cfg.model.path)
-    needs_lengths = cfg.data.packing or cfg.data.group_by_length or cfg.data.max_visual_tokens
-    corpus = load_corpus(cfg.data, processor, bad, plan=bool(needs_lengths), progress=dist.is_main)
+    corpus = load_corpus(cfg.data, processor, bad, plan=cfg.data.plan_ahead, progress=dist.is_main)
     samples = corpus.samples
+    bad_log = BadSampleFile(out / "bad_samples.jsonl", dist.rank)
     if bad.records:
+        if dist.is_main:
+            bad_log.write(bad.records, stage="load")
         bad.check_fraction(len(samples), cfg.data.max_bad_fraction)
         if dist.is_main:
-            print(f"[data] skipping {bad.report(len(samples))}", flush=True)
+            print(f"[data] skipping {bad.report(len(samples))}\n[data] all of them: "
+                  f"{bad_log.path}", flush=True)
     if dist.is_main:
         print(f"[data] {len(samples)} samples ({corpus.summary()})", flush=True)
     dataset = EncodedDataset(samples, corpus.encoders, corpus.offsets, cfg.data.on_bad_sample,
@@ -134,8 +137,11 @@ def train(cfg: Config) -> Path:
                 loss.backward()
             loss_sum += loss.item() / dist.world_size
             tokens += real_tokens(batch)
-        for record in skipped:
-            print(f"[data] rank {dist.rank} skipped {record}", flush=True)
+        if skipped:
+            records = [BadSample(**r) for r in skipped]
+            bad_log.write(records, stage="encode", step=step + 1)
+            for record in records:
+                print(f"[data] rank {dist.rank} skipped {record}", flush=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
