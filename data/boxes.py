@@ -2,10 +2,17 @@
 
 Qwen3-VL states grounding outputs relative to the image it was shown, on a 0..999 integer
 scale, independent of any resize. Data builders (pixel -> relative) and eval scorers
-(relative -> pixel, IoU) both use this module so the two directions can never disagree.
+(relative -> pixel, IoU, point-in-box) both use this module so the two directions can never
+disagree. A pixel coordinate survives the round trip to within half a step of
+``size / 1000`` pixels (so within one pixel for sides up to 2000 px), except at the far edge,
+which the [0, 1000) scale clamps to 999.
 """
 
 from __future__ import annotations
+
+import json
+import math
+import re
 
 SCALE = 1000
 
@@ -43,3 +50,94 @@ def _area(box: list[float]) -> float:
 
 def _rel(v: float, size: int) -> int:
     return min(SCALE - 1, max(0, round(v / size * SCALE)))
+
+
+# --- Pixel box layouts of published corpora, repair rule, points -----------------------------
+
+# ``xywh``: pixel [x, y, width, height] (COCO, RefCOCO, ScreenSpot v1/v2 JSON); ``xyxy``: pixel
+# corners (ScreenSpot-Pro); ``xyxy_norm``: corners as fractions of the image size (the hub
+# mirrors rootsautomation/ScreenSpot and HongxinLi/ScreenSpot_v2).
+BOX_FORMATS = ("xywh", "xyxy", "xyxy_norm")
+
+
+def to_pixel_xyxy(box, box_format: str, width: int, height: int) -> list[float]:
+    """A box in ``box_format`` -> pixel ``[x1, y1, x2, y2]``; ValueError if it is not 4 finite
+    numbers."""
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"unknown box format {box_format!r}; choose from {', '.join(BOX_FORMATS)}")
+    if (not isinstance(box, (list, tuple)) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in box)):
+        raise ValueError(f"box must be 4 numbers, got {box!r:.80}")
+    if box_format == "xywh":
+        return xywh_to_xyxy([float(v) for v in box])
+    if box_format == "xyxy_norm":
+        return [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+    return [float(v) for v in box]
+
+
+def clip_box(box_xyxy: list[float], width: int, height: int) -> list[float]:
+    """Repair rule for pixel boxes: a box partly outside the image is clipped to it. A box of
+    zero (or negative) area, or one entirely outside the image, cannot be repaired: ValueError
+    with the reason."""
+    x1, y1, x2, y2 = box_xyxy
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"box has zero area: {_fmt(box_xyxy)} (x1, y1, x2, y2 in pixels)")
+    clipped = [min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+               min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise ValueError(f"box lies outside the {width}x{height} image: {_fmt(box_xyxy)} "
+                         f"(x1, y1, x2, y2 in pixels)")
+    return clipped
+
+
+def box_center(box_xyxy: list[float]) -> list[float]:
+    x1, y1, x2, y2 = box_xyxy
+    return [(x1 + x2) / 2, (y1 + y2) / 2]
+
+
+def point_to_relative(point_xy: list[float], width: int, height: int) -> list[int]:
+    """Pixel ``[x, y]`` -> integers in [0, 1000) (``point_2d``)."""
+    return [_rel(point_xy[0], width), _rel(point_xy[1], height)]
+
+
+def point_from_relative(point_rel: list[float], width: int, height: int) -> list[float]:
+    """Relative ``point_2d`` ``[x, y]`` on the [0, 1000) scale -> pixels in this image."""
+    return [point_rel[0] * width / SCALE, point_rel[1] * height / SCALE]
+
+
+def point_in_box(point_xy: list[float], box_xyxy: list[float]) -> bool:
+    """ScreenSpot's hit test (edges count as inside); both in the same coordinates."""
+    return box_xyxy[0] <= point_xy[0] <= box_xyxy[2] and box_xyxy[1] <= point_xy[1] <= box_xyxy[3]
+
+
+_POINT_LIST_RE = re.compile(r"[\[(]\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*[\])]")
+
+
+def parse_points(text: str) -> list[list[float]]:
+    """Points from a Qwen3-VL pointing answer: JSON ``[{"point_2d": [x, y], ...}, ...]``
+    (optionally in a ```json fence), a single object, or bare ``[x, y]`` / ``(x, y)`` pairs.
+    Order is kept; nothing parsed gives []."""
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        data = [data]
+    if isinstance(data, list):
+        points = [d["point_2d"] for d in data if isinstance(d, dict) and _is_pair(d.get("point_2d"))]
+        if not points and _is_pair(data):
+            points = [data]
+        if points:
+            return [[float(v) for v in p] for p in points]
+    return [[float(x), float(y)] for x, y in _POINT_LIST_RE.findall(body)]
+
+
+def _is_pair(value) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def _fmt(box: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"

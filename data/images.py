@@ -22,6 +22,7 @@ DATA_URI_PREFIX = "data:image/"
 # ref_size(ref) -> (height, width) without decoding pixels.
 SCHEMES: dict[str, str] = {
     "pdfpage://": "data.pdfpages",  # a PDF page rendered at a dpi (data/pdfpages.py)
+    "hfrow://": "data.hf_source",  # an image cell of a datasets Arrow file (data/hf_source.py)
 }
 
 
