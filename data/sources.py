@@ -41,24 +41,46 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 def read_records(path: Path) -> list[dict]:
-    """A JSON list or a JSONL file; a malformed file names the line."""
-    text = path.read_text(encoding="utf-8")
+    """A JSON list or a JSONL file, strictly: any malformed line stops with its line number."""
+    return [record for _, record in iter_records(path, None)]
+
+
+def iter_records(path: Path, bad: BadSampleLog | None):
+    """(index, record) pairs of a JSON list or JSONL file.
+
+    JSONL is read line by line: with a ``bad`` log, a line that is not valid UTF-8 or not valid
+    JSON is recorded (index = line number - 1) and the rest of the file is still read; a JSON
+    list must parse as a whole, so an error there names the line and stops.
+    """
     if path.suffix == ".jsonl":
-        records = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
                 try:
-                    records.append(json.loads(line))
+                    yield line_no - 1, json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    _bad_line(path, line_no, f"not valid UTF-8 (byte {e.start} of the line)", bad)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {line_no}: invalid JSON ({e.msg})") from None
-        return records
+                    _bad_line(path, line_no, f"invalid JSON ({e.msg})", bad)
+        return
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 at byte {e.start}; re-encode the file as UTF-8") from None
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
-    return records
+    yield from enumerate(records)
+
+
+def _bad_line(path: Path, line_no: int, reason: str, bad: BadSampleLog | None) -> None:
+    if bad is None:
+        raise DataError(f"{path}: line {line_no}: {reason}")
+    bad.add(BadSample(str(path), line_no - 1, None, f"line {line_no}: {reason}"))
 
 
 def load(cfg: SourceConfig, bad: BadSampleLog | None = None) -> list[Sample]:
@@ -98,7 +120,7 @@ def _read_json_source(convert):
             raise DataError(f"{path}: data file not found")
         root = Path(cfg.image_root) if cfg.image_root else path.parent
         samples = []
-        for index, record in enumerate(read_records(path)):
+        for index, record in iter_records(path, bad):
             sample_id = str(record.get("id", index)) if isinstance(record, dict) else None
             try:
                 if not isinstance(record, dict):
