@@ -67,7 +67,7 @@ def processor_video_tokens(processor, info: video_lib.VideoInfo, budget: VisionB
     frames = torch.zeros((n, 3, info.height, info.width), dtype=torch.uint8)
     out = processor(text=[processor.video_token], videos=[frames], return_tensors="pt",
                     videos_kwargs={"video_metadata": [metadata], "do_sample_frames": False,
-                                   "cap_pixels_per_frame": False,
+                                   "cap_pixels_per_frame": False, "input_data_format": "channels_first",
                                    **video_lib.video_size_kwargs(n, budget)})
     ids = out["input_ids"][0]
     visual = int((ids == processor.video_token_id).sum())
@@ -89,6 +89,8 @@ class TokenPlanner:
         self._timestamp_tokens: dict[str, int] = {}
 
     def plan(self, sample) -> Plan:
+        if sample.vision_budget is not None and sample.vision_budget != self.budget:
+            return TokenPlanner(self.processor, sample.vision_budget).plan(sample)
         text = self.processor.apply_chat_template(sample.messages, tokenize=False)
         n_text = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         visual = sum(image_tokens(*image_size(p), self.budget, self.patch_size, self.merge_size)

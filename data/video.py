@@ -106,7 +106,8 @@ class FramePlan:
 
 def processor_kwargs() -> dict:
     """``videos_kwargs`` for the processor: frames arrive sampled and resized by ``decode``."""
-    return {"do_sample_frames": False, "do_resize": False, "cap_pixels_per_frame": False}
+    return {"do_sample_frames": False, "do_resize": False, "cap_pixels_per_frame": False,
+            "input_data_format": "channels_first"}
 
 
 # ---------------------------------------------------------------------------------------------
