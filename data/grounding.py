@@ -267,24 +267,24 @@ def read_refcoco(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
 
 
 def _refcoco_refs(cfg, bad, task, template, box_format) -> list[Sample]:
-    from data.sources import read_records
+    from data.sources import iter_records
 
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"{path}: refs file not found")
-    refs = read_records(path)
+    refs = dict(iter_records(path, bad))  # index -> ref; bad JSONL lines are recorded
     instances = _read_json(path.parent / "instances.json")
     if not isinstance(instances, dict):
         raise DataError(f"{path.parent / 'instances.json'}: not a COCO instances file")
     images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict)}
     anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict)}
-    splits = {r.get("split") for r in refs if isinstance(r, dict)}
+    splits = {r.get("split") for r in refs.values() if isinstance(r, dict)}
     if cfg.split not in splits:
         raise DataError(f"{path}: no refs of split {cfg.split!r}; splits here: "
                         f"{', '.join(sorted(map(str, splits)))}. Set the source's split.")
     root = Path(cfg.image_root) if cfg.image_root else path.parent
     samples = []
-    for index, ref in enumerate(refs):
+    for index, ref in refs.items():
         if not isinstance(ref, dict) or ref.get("split") != cfg.split:
             continue
         sample_id = str(ref.get("ref_id", index))
@@ -330,7 +330,7 @@ def read_screenspot(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
 
         return _read_hf_rows(cfg, bad, SCREENSPOT_ROLES, ("instruction", "bbox"), row_samples)
 
-    from data.sources import read_records
+    from data.sources import iter_records
 
     path = Path(cfg.path)
     if not path.is_file():
@@ -338,7 +338,7 @@ def read_screenspot(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
     box_format = cfg.box_format or "xywh"
     root = Path(cfg.image_root) if cfg.image_root else path.parent
     samples = []
-    for index, record in enumerate(read_records(path)):
+    for index, record in iter_records(path, bad):  # a bad JSONL line is recorded, not fatal
         sample_id = str(record.get("id", index)) if isinstance(record, dict) else str(index)
         try:
             if not isinstance(record, dict):

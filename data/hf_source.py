@@ -206,7 +206,7 @@ def _arrow_files(ds) -> tuple[list[str], list[int]] | tuple[None, None]:
 
 # --- The hfrow:// scheme (registered in data.images.SCHEMES) ---------------------------------
 
-_CACHE_SIZE = 64
+_CACHE_SIZE = 128  # open files per process; mapping is cheap, so eviction is too
 _lock = threading.Lock()
 _tables: OrderedDict = OrderedDict()  # (pid, path) -> memory-mapped pyarrow Table
 

@@ -282,6 +282,12 @@ def test_screenspot_json_layouts_points_and_boxes(tmp_path, processor):
     point = B.point_from_relative(B.parse_points(sample.answer())[0], 400, 300)
     assert B.point_in_box(point, sample.meta["boxes"][0])
 
+    # JSONL: a broken line is a bad sample, the rest is read.
+    (tmp_path / "ss.jsonl").write_text(json.dumps(records[0]) + "\n{not json\n")
+    bad = BadSampleLog("skip")
+    assert len(load(SourceConfig(path=str(tmp_path / "ss.jsonl"), format="screenspot"), bad)) == 1
+    assert bad.records[0].index == 1 and "invalid JSON" in bad.records[0].reason
+
     # ScreenSpot-Pro: corners in pixels and the size in the record (no header read needed).
     pro = [{"img_filename": "web_1.png", "bbox": [100, 200, 160, 230], "instruction": "open menu",
             "img_size": [400, 300], "application": "vscode"}]
