@@ -3,17 +3,20 @@
 This is where a data config meets the processor. Sources are concatenated in config order
 (``offsets[i]`` is the first global index of source ``i``); each has its own encoder because
 each may have its own vision budget. When lengths are needed (packing, length grouping, a
-visual-token cap), every sample is planned up front from media headers, and samples over the
-budget are dropped here with a reason, before the first step.
+visual-token cap), every sample is planned up front from media headers. A sample over
+``max_seq_len`` / ``max_visual_tokens`` is, by ``data.over_budget``, shrunk (its images and
+videos get the largest scaled-down budget under which it fits; text is never cut) or dropped
+with a reason, before the first step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from data.config import DataConfig, SourceConfig
+from data.config import DataConfig, SourceConfig, VisionBudget
 from data.encode import SampleEncoder
 from data.mixture import Mixture
 from data.planner import TokenPlanner
@@ -64,20 +67,62 @@ def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, 
     for sample in tqdm(samples, desc=f"planning {name}", disable=not progress, leave=False):
         try:
             p = planner.plan(sample)
+            problem = _over_budget(p, cfg)
+            if problem and cfg.over_budget == "shrink":
+                shrunk = _shrink(sample, planner, cfg)
+                if shrunk is not None:
+                    sample.vision_budget, p = shrunk
+                    problem = None
+                else:
+                    problem += " (still over at the smallest vision budget)"
         except (OSError, ValueError) as e:
             bad.add(BadSample(sample.source, sample.index, sample.id,
                               f"cannot plan: {type(e).__name__}: {e}"))
             continue
-        if p.total > cfg.max_seq_len:
-            bad.add(BadSample(sample.source, sample.index, sample.id,
-                              f"over budget: {p.total} tokens > data.max_seq_len {cfg.max_seq_len} "
-                              f"({p.visual_tokens} visual)"))
-            continue
-        if cfg.max_visual_tokens is not None and p.visual_tokens > cfg.max_visual_tokens:
-            bad.add(BadSample(sample.source, sample.index, sample.id,
-                              f"over budget: {p.visual_tokens} visual tokens > "
-                              f"data.max_visual_tokens {cfg.max_visual_tokens}"))
+        if problem:
+            bad.add(BadSample(sample.source, sample.index, sample.id, f"over budget: {problem}"))
             continue
         kept.append(sample)
         lengths.append(p.total)
     return kept, lengths
+
+
+def _over_budget(p, cfg: DataConfig) -> str | None:
+    if p.total > cfg.max_seq_len:
+        return f"{p.total} tokens > data.max_seq_len {cfg.max_seq_len} ({p.visual_tokens} visual)"
+    if cfg.max_visual_tokens is not None and p.visual_tokens > cfg.max_visual_tokens:
+        return f"{p.visual_tokens} visual tokens > data.max_visual_tokens {cfg.max_visual_tokens}"
+    return None
+
+
+def scaled_budget(budget: VisionBudget, scale: float) -> VisionBudget:
+    """``budget`` with its pixel (and frame) allowances times ``scale``, never below minimums."""
+    frames = budget.max_frames if budget.num_frames else max(
+        budget.min_frames, int(budget.max_frames * scale) // 2 * 2)
+    return dataclasses.replace(
+        budget, max_pixels=max(budget.min_pixels, int(budget.max_pixels * scale)),
+        video_max_pixels=max(budget.video_min_pixels, int(budget.video_max_pixels * scale)),
+        video_total_pixels=max(budget.video_min_pixels * budget.min_frames,
+                               int(budget.video_total_pixels * scale)),
+        max_frames=frames)
+
+
+def _shrink(sample, planner: TokenPlanner, cfg: DataConfig, steps: int = 12):
+    """The largest scaled-down budget under which ``sample`` fits (bisection on the scale),
+    with its plan; None when even the smallest budget is over."""
+    def attempt(scale: float):
+        budget = scaled_budget(planner.budget, scale)
+        return budget, TokenPlanner(planner.processor, budget).plan(sample)
+
+    best = attempt(0.0)
+    if _over_budget(best[1], cfg):
+        return None
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        budget, p = attempt(mid)
+        if _over_budget(p, cfg):
+            hi = mid
+        else:
+            lo, best = mid, (budget, p)
+    return best

@@ -34,23 +34,25 @@ class SampleEncoder:
         self.assistant_header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
         self.im_end_id = tok.convert_tokens_to_ids("<|im_end|>")
 
-    def _process(self, text: str, image_paths: list[str], videos: list) -> dict:
+    def _process(self, text: str, image_paths: list[str], videos: list,
+                 budget: VisionBudget | None = None) -> dict:
+        budget = budget or self.budget
         images = [load_image(p) for p in image_paths] or None
         video_inputs = {}
         if videos:
             vp = self.processor.video_processor
-            loaded = [video_lib.load(v, self.budget, vp.patch_size, vp.merge_size,
+            loaded = [video_lib.load(v, budget, vp.patch_size, vp.merge_size,
                                      vp.temporal_patch_size) for v in videos]
             video_inputs = {"videos": [frames for frames, _ in loaded],
                             "videos_kwargs": {**video_lib.processor_kwargs(),
                                               "video_metadata": [meta for _, meta in loaded]}}
         return self.processor(text=[text], images=images, return_tensors="pt",
-                              images_kwargs=self.budget.images_kwargs(), **video_inputs)
+                              images_kwargs=budget.images_kwargs(), **video_inputs)
 
     def encode(self, sample) -> dict:
         """Training example: full conversation, labels on assistant replies only."""
         text = self.processor.apply_chat_template(sample.messages, tokenize=False)
-        out = self._process(text, sample.images, sample.videos)
+        out = self._process(text, sample.images, sample.videos, sample.vision_budget)
         ids = out["input_ids"][0]
         if len(ids) > self.max_seq_len:
             # Never truncate: a cut through visual tokens breaks the image/feature match.
@@ -64,7 +66,7 @@ class SampleEncoder:
         """Generation input: everything before the last assistant turn plus the assistant header."""
         text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False,
                                                   add_generation_prompt=True)
-        return _example(self._process(text, sample.images, sample.videos), None)
+        return _example(self._process(text, sample.images, sample.videos, sample.vision_budget), None)
 
     def assistant_labels(self, ids: list[int]) -> list[int]:
         labels = [IGNORE_INDEX] * len(ids)

@@ -47,6 +47,9 @@ class Sample:
     index: int = -1
     meta: dict = field(default_factory=dict)
     videos: list = field(default_factory=list)  # last, so positional construction is unchanged
+    # A smaller data.config.VisionBudget than its source's, set when the sample was shrunk to
+    # fit data.max_seq_len / data.max_visual_tokens (data.over_budget=shrink); None: the source's.
+    vision_budget: object | None = None
 
     def answer(self) -> str:
         """Text of the last assistant turn (the reference answer in eval sets)."""
