@@ -106,7 +106,7 @@ def train(cfg: Config) -> Path:
         start_step = state["step"]
         if dist.is_main:
             print(f"[train] resumed from {resume_from} at step {start_step}", flush=True)
-    ddp_model = wrap_model(model, dist, any(not s.images for s in samples))
+    ddp_model = wrap_model(model, dist, any(not (s.images or s.videos) for s in samples))
 
     plan = BatchPlan(corpus.mixture(cfg.train.seed), cfg.train.batch_size, cfg.train.seed,
                      corpus.lengths, cfg.data.pack_tokens if cfg.data.packing else None,
