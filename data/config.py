@@ -90,10 +90,10 @@ class SourceConfig:
     # hf_dataset / refcoco / screenspot read through `datasets`: the dataset's config name
     # (hub "subset", e.g. DocVQA of lmms-lab/DocVQA); None: the dataset's default.
     subset: str | None = None
-    # Grounding formats: layout of the record's pixel boxes, one of data.boxes.BOX_FORMATS
+    # Grounding formats: layout of the record's boxes, one of data.boxes.BOX_FORMATS
     # (xywh | xyxy | xyxy_norm); None: the format's published layout (xywh for coco, refcoco
-    # and ScreenSpot v1/v2 JSON; ScreenSpot-Pro needs xyxy, the hub mirrors of ScreenSpot
-    # xyxy_norm). See data/grounding.py.
+    # and ScreenSpot v1/v2 JSON; xyxy_norm for ScreenSpot read through datasets, as the hub
+    # mirrors store it). ScreenSpot-Pro's JSON needs xyxy. See data/grounding.py.
     box_format: str | None = None
 
     def __post_init__(self):
@@ -116,6 +116,12 @@ class SourceConfig:
             if self.box_format not in BOX_FORMATS:
                 raise ValueError(f"source {self.path}: box_format must be one of "
                                  f"{', '.join(BOX_FORMATS)}, got {self.box_format!r}")
+            if self.format not in ("coco", "refcoco", "screenspot"):
+                raise ValueError(f"source {self.path}: box_format is read by the grounding "
+                                 f"formats coco, refcoco and screenspot, not {self.format}")
+        if self.subset is not None and self.format not in ("hf_dataset", "refcoco", "screenspot"):
+            raise ValueError(f"source {self.path}: subset names a datasets config; formats "
+                             f"hf_dataset, refcoco and screenspot read one, not {self.format}")
         if not self.name:
             self.name = self.path.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or self.path
 

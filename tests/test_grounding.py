@@ -311,3 +311,5 @@ def test_screenspot_hub_mirror_layout_uses_normalised_corners(tmp_path):
     assert json.loads(sample.answer())[0]["point_2d"] == [375, 625]
     with pytest.raises(ValueError, match="box_format must be one of xywh, xyxy, xyxy_norm"):
         SourceConfig(path="x.json", format="screenspot", box_format="cxcywh")
+    with pytest.raises(ValueError, match="box_format is read by the grounding formats"):
+        SourceConfig(path="x.json", format="messages", box_format="xyxy")

@@ -53,6 +53,28 @@ def docvqa_parquet(folder):
     return folder
 
 
+def test_subset_picks_a_config_of_a_local_hub_snapshot(tmp_path):
+    """lmms-lab/DocVQA has configs DocVQA and InfographicVQA; a downloaded snapshot keeps the
+    card that names them, and ``subset`` picks one as ``load_dataset(path, name)`` does."""
+    root = tmp_path / "snapshot"
+    docvqa_parquet(root / "DocVQA")
+    Dataset.from_dict({"questionId": ["i0"], "question": ["Which year?"], "answers": [["2001"]],
+                       "image": [png("white", (64, 64))]},
+                      features=Features({"questionId": Value("string"), "question": Value("string"),
+                                         "answers": List(Value("string")), "image": HFImage()})
+                      ).to_parquet(str(root / "InfographicVQA" / "validation-0.parquet"))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: DocVQA\n  data_files:\n  - split: validation\n    path: DocVQA/validation-*\n"
+        "- config_name: InfographicVQA\n  data_files:\n  - split: validation\n"
+        "    path: InfographicVQA/validation-*\n---\n")
+    (sample,) = load(SourceConfig(path=str(root), format="hf_dataset", split="validation",
+                                  subset="InfographicVQA"))
+    assert sample.id == "i0" and sample.answer() == "2001"
+    with pytest.raises(ValueError, match="subset names a datasets config"):
+        SourceConfig(path="a.json", format="llava_json", subset="DocVQA")
+
+
 def chartqa_disk(folder):
     """HuggingFaceM4/ChartQA layout (image, query, label list, human_or_machine)."""
     features = Features({"image": HFImage(), "query": Value("string"),
