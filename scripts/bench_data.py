@@ -10,6 +10,19 @@
                                       real mp4/mkv/webm clips of random size, rate and length)
   planner_samples_per_s               planning whole samples from image headers (no decoding)
   encode_samples_per_s                full encoding (decode, resize, tokenise, labels) on 1 core
+  hf_processor_samples_per_s          the plain HF path on the same samples and core:
+                                      processor.apply_chat_template(tokenize=True) with image
+                                      paths in the messages (hf_processor_identical: same ids,
+                                      pixels and grids as ours)
+  packing_efficiency                  real tokens / (rows x 16384) when a mixed corpus (text,
+                                      1-3 images of random sizes, videos, long and short turns)
+                                      is packed into 16k-token rows
+  padding_efficiency                  real tokens / padded tokens, pad-to-longest batches of
+                                      the same samples per step (the baseline);
+                                      grouped_padding_efficiency: with data.group_by_length
+  bad_input_kinds, bad_input_reported, bad_input_crashes
+                                      the faulty corpus of data/faults.py read, planned and
+                                      encoded: kinds present, bad samples reported, crashes
 
 Image sizes: log-uniform sides, aspect ratios up to 200:1, 3 budgets. Run with no arguments.
 """
@@ -113,6 +126,97 @@ def write_video_samples(root: Path, n: int, seed: int) -> Path:
     return data
 
 
+def hf_processor_rate(processor, encoder, samples) -> tuple[float, bool]:
+    """Samples/s of the stock HF path (chat template + processor, images named in the
+    messages), and whether it produces our encoder's tensors."""
+    def hf_messages(sample):
+        refs = iter(sample.images)
+        return [{"role": m["role"], "content": [
+            {"type": "image", "path": next(refs)} if p["type"] == "image" else p
+            for p in m["content"]]} for m in sample.messages]
+
+    kwargs = encoder.budget.images_kwargs()
+
+    def hf_encode(sample):
+        return processor.apply_chat_template(hf_messages(sample), tokenize=True, return_dict=True,
+                                             return_tensors="pt",
+                                             processor_kwargs={"images_kwargs": kwargs})
+
+    for s in samples[:20]:
+        hf_encode(s)
+    t0 = time.perf_counter()
+    outs = [hf_encode(s) for s in samples]
+    rate = len(samples) / (time.perf_counter() - t0)
+    identical = True
+    for sample, out in zip(samples[:50], outs):
+        ours = encoder.encode(sample)
+        identical &= torch.equal(out["input_ids"][0], ours["input_ids"])
+        identical &= torch.equal(out["image_grid_thw"], ours["image_grid_thw"])
+        identical &= torch.equal(out["pixel_values"], ours["pixel_values"])
+    return rate, identical
+
+
+def write_mixed_corpus(root: Path, n: int, seed: int) -> Path:
+    """``n`` LLaVA samples mixing text-only, 1-3 images of random sizes (a pool of 40 files)
+    and short to long turns: a corpus whose lengths vary like a real SFT mixture."""
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(seed)
+    pool = []
+    for i, (h, w) in enumerate(random_sizes(40, seed)):
+        h, w = max(8, min(h, 1600)), max(8, min(w, 1600))
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / f"mix{i}.png")
+        pool.append(f"mix{i}.png")
+    words = "the a image shows left right of colour shape count number red blue".split()
+    records = []
+    for i in range(n):
+        k = rng.choice([0, 1, 1, 1, 2, 3])
+        question = " ".join(rng.choice(words) for _ in range(int(math.exp(rng.uniform(1, 6)))))
+        answer = " ".join(rng.choice(words) for _ in range(int(math.exp(rng.uniform(0, 6)))))
+        records.append({"id": f"mix{i}", "image": [rng.choice(pool) for _ in range(k)],
+                        "conversations": [{"from": "human", "value": "<image>" * k + question},
+                                          {"from": "gpt", "value": answer}]})
+    path = root / "mixed.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def packing_figures(processor, videos, n: int, capacity: int = 16384) -> dict:
+    from data.mixture import Mixture
+    from train.data import BatchPlan
+
+    budget = VisionBudget(64 * 64, 1024 * 1024)
+    planner = TokenPlanner(processor, budget)
+    samples = load_llava_json(write_mixed_corpus(Path(tempfile.mkdtemp(prefix="bench_mix-")), n, 0))
+    lengths = [planner.plan(s).total for s in samples] + [planner.plan(v).total for v in videos]
+    mixture = Mixture([len(lengths)], [1.0], seed=0)
+    rows = BatchPlan(mixture, 1, 0, lengths, pack_tokens=capacity).epoch(0)
+    per_row = max(1, round(len(lengths) / len(rows)))  # the baseline sees as many samples per step
+
+    def padding(batches):
+        return sum(lengths[i] for b in batches for i in b) / sum(
+            len(b) * max(lengths[i] for i in b) for b in batches)
+
+    plain = BatchPlan(mixture, per_row, 0, lengths).epoch(0)
+    grouped = BatchPlan(mixture, per_row, 0, lengths, group_by_length=True).epoch(0)
+    return {"mixed_samples": len(lengths), "mixed_mean_tokens": round(sum(lengths) / len(lengths)),
+            "pack_tokens": capacity, "packed_rows": len(rows),
+            "packing_efficiency": round(sum(lengths) / (len(rows) * capacity), 4),
+            "padding_batch_size": per_row, "padding_efficiency": round(padding(plain), 4),
+            "grouped_padding_efficiency": round(padding(grouped), 4)}
+
+
+def bad_input_figures(processor) -> dict:
+    from data.config import DataConfig
+    from data.faults import audit, write_faulty_corpus
+
+    sources, expected = write_faulty_corpus(Path(tempfile.mkdtemp(prefix="bench_faulty-")))
+    result = audit(DataConfig(sources=sources), processor)
+    return {"bad_input_kinds": len(expected), "bad_input_reported": len(result["bad"]),
+            "bad_input_crashes": len(result["crashes"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +224,7 @@ def main() -> None:
     parser.add_argument("--video-cases", type=int, default=150)
     parser.add_argument("--samples", type=int, default=150)
     parser.add_argument("--video-samples", type=int, default=24)
+    parser.add_argument("--mixed-samples", type=int, default=4000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     processor = build_processor()
@@ -143,6 +248,8 @@ def main() -> None:
     t0 = time.perf_counter()
     plans = [planner.plan(s) for s in samples]
     plan_rate = len(samples) / (time.perf_counter() - t0)
+    for s in samples[:20]:  # warm-up (first calls build caches), as for the HF path below
+        encoder.encode(s)
     t0 = time.perf_counter()
     lengths = [len(encoder.encode(s)["input_ids"]) for s in samples]
     encode_rate = len(samples) / (time.perf_counter() - t0)
@@ -160,6 +267,13 @@ def main() -> None:
     print(f"video_planner_sample_mismatches={video_sample_mismatches}")
     print(f"planner_samples_per_s={plan_rate:.1f}")
     print(f"encode_samples_per_s={encode_rate:.1f}")
+    hf_rate, identical = hf_processor_rate(processor, encoder, samples)
+    print(f"hf_processor_samples_per_s={hf_rate:.1f}")
+    print(f"hf_processor_identical={int(identical)}")
+    for name, value in packing_figures(processor, videos, args.mixed_samples).items():
+        print(f"{name}={value}")
+    for name, value in bad_input_figures(processor).items():
+        print(f"{name}={value}")
 
 
 if __name__ == "__main__":
