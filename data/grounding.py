@@ -39,6 +39,9 @@ ScreenSpot-v2 JSON both store ``[x, y, w, h]``); ScreenSpot-Pro's JSON stores pi
 set ``box_format: xyxy``. Datasets read through ``datasets`` for screenspot default to
 ``xyxy_norm`` (corners as fractions of the image, as the hub mirrors store them).
 
+A configured ``prompt`` replaces the default and may use the format's placeholder (literal
+braces, e.g. a JSON example, are written ``{{ }}``).
+
 Image size comes from the record when it has one (COCO ``width``/``height``, ScreenSpot-Pro
 ``img_size``, ``width``/``height`` columns), else from the image header (no decode).
 Repair rule: a box partly outside the image is clipped to it. A box of zero area or entirely

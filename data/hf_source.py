@@ -13,8 +13,9 @@ guessed from common names, see ``ROLES``):
   ``image_root``, default the dataset folder);
 - ``question`` and ``answer``: one user turn (images first, then the question, or ``prompt``
   formatted with the row: ``"{question}\\nAnswer briefly."``; placeholders are the row's
-  columns and the role names) and one assistant turn. A list of answers (DocVQA ``answers``,
-  ChartQA ``label``) trains on the first non-empty one; all are kept in ``meta["answers"]``;
+  columns and the role names; literal braces are written ``{{ }}``) and one assistant turn.
+  A list of answers (DocVQA ``answers``, ChartQA ``label``) trains on the first non-empty
+  one; all are kept in ``meta["answers"]``;
 - ``messages`` / ``conversations``: a column already holding a chat, in the messages layout
   (``role`` / ``content``; image parts without a reference take the row's images in order, the
   layout TRL's vision datasets use) or the LLaVA layout (``from`` / ``value`` with ``<image>``
@@ -169,7 +170,7 @@ def open_split(cfg: SourceConfig) -> HFSplit:
             ds = datasets.load_from_disk(str(path))  # one saved Dataset: its only split
         elif path.exists():
             ds = datasets.load_dataset(str(path), cfg.subset, split=cfg.split, keep_in_memory=False)
-        elif cfg.path.startswith((".", "/", "~")) or os.sep + os.sep in cfg.path:
+        elif cfg.path.startswith((".", "/", "~")):
             raise DataError(f"{cfg.path}: dataset folder not found")
         else:  # a hub id
             ds = datasets.load_dataset(cfg.path, cfg.subset, split=cfg.split, keep_in_memory=False)
