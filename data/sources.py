@@ -236,7 +236,12 @@ def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sa
                 parts.append({"type": "image"})
         else:
             raise ValueError(f"content must be a string or a list of parts (message {i})")
-        messages.append({"role": role, "content": parts})
+        message = {"role": role, "content": parts}
+        if role == "assistant" and isinstance(turn.get("reasoning_content"), str):
+            # Qwen / OpenAI-style reasoning: the Thinking template renders it in <think>;
+            # the Instruct template has no reasoning and leaves it out.
+            message["reasoning_content"] = turn["reasoning_content"]
+        messages.append(message)
     if not any(m["role"] == "assistant" and m["content"] for m in messages):
         raise ValueError("no non-empty assistant turn to learn from")
     return Sample(id=str(record.get("id", index)), messages=messages, images=images,

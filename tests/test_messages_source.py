@@ -82,3 +82,20 @@ def test_bad_roles_and_empty_replies_are_skipped_with_reasons(tmp_path):
     assert "role 'human' is not one of" in reasons[0]
     assert "no non-empty assistant turn" in reasons[1]
     assert "images are only read in user turns" in reasons[2]
+
+
+def test_reasoning_content_is_learned_with_thinking_template_only(tmp_path, processor):
+    from data.processor import build_processor
+
+    record = {"messages": [{"role": "user", "content": "2+2?"},
+                           {"role": "assistant", "content": "4",
+                            "reasoning_content": "Two and two make four."}]}
+    (sample,) = load_source("messages", write_jsonl(tmp_path / "m.jsonl", [record]))
+    budget = VisionBudget()
+    thinking = SampleEncoder(build_processor("qwen3_vl_thinking"), budget).encode(sample)
+    learned = thinking["labels"][thinking["labels"] != -100]
+    assert processor.tokenizer.decode(learned) == \
+        "<think>\nTwo and two make four.\n</think>\n\n4<|im_end|>"
+    instruct = SampleEncoder(processor, budget).encode(sample)
+    text = processor.tokenizer.decode(instruct["input_ids"])
+    assert "<think>" not in text and text.endswith("<|im_start|>assistant\n4<|im_end|>\n")
