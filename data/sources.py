@@ -27,7 +27,7 @@ import json
 import re
 from pathlib import Path
 
-from data import documents  # format readers: pdf, page_images
+from data import documents, grounding, hf_source  # readers of the other formats (FORMATS)
 from data import images as images_lib
 from data import video as video_lib
 from data.config import SourceConfig
@@ -315,10 +315,8 @@ FORMATS = {
     "messages": _read_json_source(_messages_to_sample),
     "pdf": documents.read_pdf,  # PDFs / annotation files -> page-image samples
     "page_images": documents.read_page_images,  # folders of page images per document
-    # Readers imported on first use (they call the converters above): data/hf_source.py and
-    # data/grounding.py.
-    "hf_dataset": lambda cfg, bad: __import__("data.hf_source").hf_source.read_hf_dataset(cfg, bad),
-    "coco": lambda cfg, bad: __import__("data.grounding").grounding.read_coco(cfg, bad),
-    "refcoco": lambda cfg, bad: __import__("data.grounding").grounding.read_refcoco(cfg, bad),
-    "screenspot": lambda cfg, bad: __import__("data.grounding").grounding.read_screenspot(cfg, bad),
+    "hf_dataset": hf_source.read_hf_dataset,  # hub id, parquet or save_to_disk folder
+    "coco": grounding.read_coco,  # COCO instances -> bbox_2d answers
+    "refcoco": grounding.read_refcoco,  # referring expressions -> one bbox_2d / point_2d
+    "screenspot": grounding.read_screenspot,  # GUI grounding -> point_2d / bbox_2d
 }
