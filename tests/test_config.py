@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from data.configio import ConfigError, load_config
 from train.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MINIMAL = "model:\n  path: some/ckpt\ndata:\n  train: some/train.json\n"
 
@@ -61,3 +64,23 @@ def test_cli_exits_with_message_before_loading_anything(cfg_file):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown config key 'train.bogus'" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("train*.yaml"))
+                         + sorted((ROOT / "configs/examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_load(path):
+    cfg = load_config(Config, path)
+    for source in cfg.data.source_configs():
+        cfg.data.budget(source)  # per-source budget overrides are valid
+
+
+def test_mixture_config_errors_name_the_source(cfg_file):
+    base = "model:\n  path: m\ndata:\n  sources:\n    - {path: a.json, %s}\n"
+    with pytest.raises(ConfigError, match="unknown format 'parquet'"):
+        load_config(Config, cfg_file(base % "format: parquet"))
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].vision: unknown vision budget key 'max_pixel'"):
+        load_config(Config, cfg_file(base % "vision: {max_pixel: 5}"))
+    with pytest.raises(ConfigError, match="exactly one of data.train"):
+        load_config(Config, cfg_file(base % "weight: 2"), ["data.train=x.json"])
+    with pytest.raises(ConfigError, match="set train.batch_size=1"):
+        load_config(Config, cfg_file(base % "weight: 2"), ["data.packing=true", "train.batch_size=4"])
