@@ -341,79 +341,139 @@ def load(ref: VideoRef, budget: VisionBudget, patch_size: int = 16, merge_size: 
     return decode(ref, frame_plan), frame_plan.metadata()
 
 
-def decode(ref: VideoRef, frame_plan: FramePlan) -> torch.Tensor:
-    """The planned frames, resized. Frames that fail to decode are skipped; a video that ends
-    before its header said repeats its last decoded frame, so the planned token count holds.
-    Raises ValueError naming the file when no frame decodes."""
+def decode(ref: VideoRef, frame_plan: FramePlan, skip_gops: bool = True) -> torch.Tensor:
+    """The planned frames, resized. Frame ``i`` of a file is the first frame shown at or after
+    ``i / fps`` seconds (its presentation time; its position in the stream when it has none).
+    Frames that fail to decode are skipped; a video that ends before its header said repeats
+    its last decoded frame, so the planned token count holds. Raises ValueError naming the file
+    when no frame decodes. ``skip_gops``: groups of pictures holding no planned frame are read
+    but not decoded (the result is the same; long videos decode many times faster)."""
     size = (frame_plan.height, frame_plan.width)
-    wanted = set(frame_plan.indices)
     if ref.is_frames:
         from data.images import load_image
 
         frames = {}
-        for i in sorted(wanted):
+        for i in sorted(set(frame_plan.indices)):
             try:
                 frames[i] = _resize(torch.from_numpy(np.array(load_image(ref.source[i]))), size)
             except OSError as e:
                 raise ValueError(f"video frame is not a readable image: {ref.source[i]} ({e})") from None
     else:
-        frames = _decode_file(ref.source, wanted, size)
+        frames = _decode_file(ref.source, frame_plan.indices, size, frame_plan.fps, skip_gops)
     if not frames:
         raise ValueError(f"video has no decodable frame: {ref}")
-    decoded = sorted(frames)
-    picked = []
-    for i in frame_plan.indices:
-        if i not in frames:  # the nearest decoded frame before it, else the first one after
-            before = [j for j in decoded if j < i]
-            i = before[-1] if before else decoded[0]
-        picked.append(frames[i])
-    return torch.stack(picked)
+    last = frames[max(frames)]
+    return torch.stack([frames.get(i, last) for i in frame_plan.indices])
 
 
 def first_frame(path: str) -> None:
     """Decode one frame of a video file; ValueError naming the file when none decodes."""
-    if not _decode_file(path, {0}, None, stop_after_first=True):
+    if not _decode_file(path, (0,), None, fps=1.0, skip_gops=False):
         raise ValueError(f"video has no decodable frame: {path}")
 
 
-def _decode_file(path: str, wanted: set[int], size: tuple[int, int] | None,
-                 stop_after_first: bool = False) -> dict[int, torch.Tensor]:
-    """Decoded frames by index (the n-th frame that decodes is index n). Sequential: the
-    codec needs every earlier frame of a group of pictures anyway."""
+def _decode_file(path: str, indices, size: tuple[int, int] | None, fps: float,
+                 skip_gops: bool = True) -> dict[int, torch.Tensor]:
+    """Frames by planned index. Packets are read in order; with ``skip_gops`` each group of
+    pictures (keyframe to keyframe) is decoded only when a planned frame lies before the next
+    keyframe, otherwise dropped undecoded (after draining the decoder, so frames it still holds
+    from the group before are not lost)."""
     import av
 
-    frames: dict[int, torch.Tensor] = {}
-    last = max(wanted)
-    count = 0
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            frames = _FramePicker(stream, sorted(set(indices)), size, fps)
+            pending = []  # packets of the current group of pictures, not decoded yet
             for packet in container.demux(stream):
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError:  # a damaged packet: skip it, keep going
+                if packet.size == 0:  # end-of-stream marker: drained below
                     continue
-                for frame in decoded:
-                    if stop_after_first:
-                        return {0: torch.empty(0)}
-                    if count in wanted:
-                        frames[count] = _resize(torch.from_numpy(frame.to_ndarray(format="rgb24")), size)
-                    count += 1
-                    if count > last:
-                        return frames
+                if not skip_gops:
+                    frames.feed([packet])
+                elif packet.is_keyframe and packet.pts is not None and pending:
+                    if frames.next_target < frames.index(packet.pts):
+                        frames.feed(pending)
+                    else:
+                        frames.drain()
+                    pending = []
+                if skip_gops:
+                    pending.append(packet)
+                if frames.done:
+                    return frames.frames
+            frames.feed(pending)
+            frames.drain()
+            return frames.frames
     except av.FFmpegError as e:
-        if not frames:
-            raise ValueError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
-    return frames
+        raise ValueError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
+
+
+class _FramePicker:
+    """Takes decoded frames for sorted target indices: a target gets the first frame whose
+    index (presentation time x fps) is at or past it."""
+
+    def __init__(self, stream, targets: list[int], size, fps: float):
+        self.codec, self.time_base = stream.codec_context, stream.time_base
+        self.start = stream.start_time or 0
+        self.targets, self.size, self.fps = targets, size, fps
+        self.frames: dict[int, torch.Tensor] = {}
+        self.next, self.counted = 0, 0
+        self.live = False  # the decoder was fed since its last drain
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.targets)
+
+    @property
+    def next_target(self) -> int:
+        return self.targets[self.next] if not self.done else 1 << 62
+
+    def index(self, pts: int) -> int:
+        return round(float((pts - self.start) * self.time_base) * self.fps)
+
+    def feed(self, packets) -> None:
+        import av
+
+        for packet in packets:
+            if self.done:
+                return
+            self.live = True
+            try:
+                self._take(self.codec.decode(packet))
+            except av.FFmpegError:  # a damaged packet: skip it, keep going
+                continue
+
+    def drain(self) -> None:
+        """Flush the frames the decoder still holds, then reset it for a later keyframe."""
+        import av
+
+        if not self.live:
+            return
+        self.live = False
+        try:
+            self._take(self.codec.decode(None))
+        except av.FFmpegError:
+            pass
+        self.codec.flush_buffers()
+
+    def _take(self, decoded) -> None:
+        for frame in decoded:
+            index = self.index(frame.pts) if frame.pts is not None else self.counted
+            self.counted += 1
+            pixels = None
+            while not self.done and index >= self.next_target:
+                if pixels is None:
+                    pixels = _resize(torch.from_numpy(frame.to_ndarray(format="rgb24")), self.size)
+                self.frames[self.next_target] = pixels
+                self.next += 1
 
 
 def _resize(hwc: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, h, w) uint8, bicubic with antialiasing (qwen-vl-utils' resize)."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvF
-
     chw = hwc.permute(2, 0, 1)
     if size is None or tuple(chw.shape[1:]) == tuple(size):
         return chw.contiguous()
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+
     return tvF.resize(chw, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)

@@ -25,11 +25,13 @@ from data.sources import load_source
 FRAME_W, FRAME_H = 64, 48
 
 
-def write_video(path, n_frames=31, fps=10, codec="mpeg4", width=FRAME_W, height=FRAME_H):
-    """Frame i is a flat grey of level 8 * i, so a decoded frame tells which index it was."""
+def write_video(path, n_frames=31, fps=10, codec="mpeg4", width=FRAME_W, height=FRAME_H, gop=None):
+    """Frame i is a flat grey of level 8 * i (mod 256), so a decoded frame tells its index."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop  # a keyframe every `gop` frames
         for i in range(n_frames):
             pixels = np.full((height, width, 3), 8 * i % 256, np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
@@ -165,6 +167,27 @@ def test_probe_reads_headers_of_each_container(tmp_path):
         path = write_video(tmp_path / name, n_frames=24, fps=12, codec=codec)
         info = video_lib.probe(video_lib.VideoRef(str(path)))
         assert info == video_lib.VideoInfo(24, 12.0, FRAME_H, FRAME_W), name
+
+
+def test_skipped_groups_of_pictures_give_the_same_frames(tmp_path, monkeypatch):
+    decoded = []
+    take = video_lib._FramePicker._take
+    monkeypatch.setattr(video_lib._FramePicker, "_take",
+                        lambda self, frames: (decoded.append(len(frames)), take(self, frames)))
+    for name, codec in [("g.mp4", "libx264"), ("g.mkv", "libx264"), ("g.webm", "libvpx-vp9")]:
+        path = write_video(tmp_path / name, n_frames=90, fps=30, codec=codec, gop=6)
+        ref = video_lib.VideoRef(str(path))
+        plan = video_lib.plan(video_lib.probe(ref), VisionBudget(num_frames=6), ref)
+        assert plan.indices == (0, 18, 36, 53, 71, 89)
+        decoded.clear()
+        fast = video_lib.decode(ref, plan)
+        n_fast = sum(decoded)
+        decoded.clear()
+        slow = video_lib.decode(ref, plan, skip_gops=False)
+        assert torch.equal(fast, slow), name
+        assert n_fast < 60 and sum(decoded) == 90, (name, n_fast, sum(decoded))
+        levels = fast.float().mean(dim=(1, 2, 3))
+        assert torch.allclose(levels, torch.tensor([8.0 * i % 256 for i in plan.indices]), atol=3)
 
 
 def test_encoded_mp4_sample_timestamps_frames_and_plan(processor, clip, tmp_path):
