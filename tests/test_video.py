@@ -301,6 +301,25 @@ def test_tiny_model_trains_on_encoded_video(tiny, processor, clip, tmp_path):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_batched_generation_with_videos_equals_one_at_a_time(tiny, processor, clip, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    long_clip = write_video(tmp_path / "long.mkv", n_frames=60, fps=20, codec="libx264")
+    data = write_json(tmp_path / "eval.json",
+                      [llava(str(clip), "<video>\nQ?", id="a"),
+                       llava(str(long_clip), "A longer question first. <video>\nQ?", id="b")])
+    samples = load_source("llava_json", data)
+    encoder, pad = SampleEncoder(processor, VisionBudget()), processor.tokenizer.pad_token_id
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny["dense"]))
+    prompts = [encoder.encode_prompt(s) for s in samples]
+    batch = collate(prompts, pad, padding_side="left")
+    batched = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, -4:]
+    for prompt, row in zip(prompts, batched):
+        alone = model.generate(**collate([prompt], pad, padding_side="left"), max_new_tokens=4,
+                               do_sample=False)[0, -4:]
+        assert torch.equal(alone, row)
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 
