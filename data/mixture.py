@@ -4,7 +4,9 @@ An epoch of the mixture holds as many samples as all sources together; source ``
 contributes ``round(total * w_i / sum(w))`` of them (at least one). Each source is read as an
 endless stream of its own shuffles (shuffle 0, shuffle 1, ...), and epoch ``e`` takes the next
 slice of that stream, so an up-weighted source repeats only after all its samples were seen
-and a down-weighted one shows different samples each epoch. The whole epoch is then shuffled.
+and a down-weighted one shows different samples each epoch (a source drawn exactly once per
+epoch is simply taken whole). The epoch is then shuffled with seed ``seed + epoch``, so a
+single source is visited in ``randperm(n, seed + epoch)`` order.
 Everything is a pure function of (seed, epoch): a resumed run sees the same remaining samples.
 """
 
@@ -32,12 +34,15 @@ class Mixture:
         """Global sample indices (sources concatenated in config order) for this epoch."""
         picks: list[int] = []
         for source, (n, count) in enumerate(zip(self.sizes, self.per_epoch)):
+            if count == n:  # exactly once per epoch: all of it (the shuffle below orders it)
+                picks += range(self.offsets[source], self.offsets[source] + n)
+                continue
             first, last = epoch * count, (epoch + 1) * count
             for shuffle in range(first // n, (last - 1) // n + 1):
                 perm = self._shuffle(source, shuffle, n)
                 lo, hi = max(first - shuffle * n, 0), min(last - shuffle * n, n)
                 picks += [self.offsets[source] + i for i in perm[lo:hi]]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(self.seed + epoch)
         return [picks[i] for i in torch.randperm(len(picks), generator=g).tolist()]
 
     def _shuffle(self, source: int, k: int, n: int) -> list[int]:

@@ -77,3 +77,10 @@ def test_length_grouping_reduces_padding():
             len(b) * max(lengths[i] for i in b) for b in batches)
 
     assert padding_efficiency(grouped.epoch(0)) > padding_efficiency(plain.epoch(0)) + 0.2
+
+
+def test_a_single_source_is_visited_in_a_plain_seeded_permutation():
+    import torch
+
+    expected = torch.randperm(50, generator=torch.Generator().manual_seed(3 + 2)).tolist()
+    assert Mixture([50], [1.0], seed=3).epoch_order(2) == expected
