@@ -1,13 +1,77 @@
 """``python -m data SUBCOMMAND``: data tools.
 
-  synth   write the synthetic VQA / grounding / document corpus (LLaVA JSON + PNG images)
-  check   read a training file (LLaVA JSON or messages JSONL), report bad samples
+  synth    write the synthetic VQA / grounding / document corpus (LLaVA JSON + PNG images)
+  check    read a training file (LLaVA JSON or messages JSONL), report bad samples
+  stats    CONFIG [key=value ...] --out DIR [--model PATH] [--limit N]
+           per source and in total: samples, bad samples per reason, text / visual / total
+           token percentiles (p50/p90/p99/max, planned from image headers, no pixel decoding),
+           images and videos per sample, budget hits (samples over data.max_seq_len or
+           data.max_visual_tokens; images scaled down by max_pixels or up by min_pixels).
+           Writes DIR/stats.json, DIR/bad_samples.jsonl and DIR/hist_{text,visual,total}_tokens.png.
+  show     CONFIG [key=value ...] --out DIR [--model PATH] [--n 5 | --ids A,B] [--source NAME]
+           encode samples and write, per sample, DIR/<n>_<id>.txt (the encoded ids decoded back
+           to text, visual pad runs collapsed to "<|image_pad|>x64 (grid 1x16x16)", trained
+           tokens between [[ and ]]) and DIR/<n>_<id>_img<k>.png (each image as the model sees
+           it, boxes / points of the answers drawn on it); DIR/show.json lists them all.
+  prepare  CONFIG [key=value ...] --out DIR [--model PATH] [--num-proc N]
+           pre-encode every sample into a datasets Arrow dataset (DIR/dataset, read back with
+           data.prepare.PreparedDataset), DIR/bad_samples.jsonl (samples that failed to read or
+           encode: file, index, id, reason) and DIR/manifest.json (config, processor, counts;
+           data.prepare.stale_reasons says whether a cache still matches a config).
+
+CONFIG is a training config (its ``data:`` section is read; ``model.path`` is the default
+``--model``) or a file holding only a data section. Overrides use the file's own keys
+(``data.max_seq_len=2048`` for a training config; ``max_seq_len=2048`` for a data section).
+--model is a checkpoint folder; its processor is loaded with AutoProcessor.from_pretrained.
+
+Exit codes of stats / show / prepare: 0 done; 1 more than data.max_bad_fraction of the samples
+are bad (training would stop on this data) or a requested sample was not found; 2 bad config or
+model path; 3 a source cannot be read at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
+from typing import Any
+
+
+def load_tool_config(path: str, overrides: list[str], model: str | None):
+    """(DataConfig, processor path) from a training config or a bare data section."""
+    import yaml
+
+    from data.config import DataConfig
+    from data.configio import ConfigError, load_config
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    raw = yaml.safe_load(file.read_text()) or {}
+    if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        # A training (or other) config: its other sections are carried, not checked here.
+        others = [k for k in raw if k not in ("data", "model")]
+        view_cls = dataclasses.make_dataclass(
+            "ConfigFile", [("data", DataConfig), ("model", dict, dataclasses.field(default_factory=dict))]
+            + [(k, Any, None) for k in others])
+        view = load_config(view_cls, file, overrides)
+        cfg, model = view.data, model or view.model.get("path")
+    else:
+        cfg = load_config(DataConfig, file, [o.removeprefix("data.") for o in overrides])
+    if not model:
+        raise ConfigError("no model to take the processor from: pass --model PATH (a checkpoint "
+                          "folder), or use a training config with model.path")
+    return cfg, str(model)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training config YAML (its data: section) or a data section")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. data.max_seq_len=2048")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder holding the processor (default: model.path)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("path")
     check.add_argument("--format", default="llava_json", choices=["llava_json", "messages"])
     check.add_argument("--image-root", default=None)
-    args = parser.parse_args(argv)
+    stats = sub.add_parser("stats", help="token counts, budget hits and bad samples of a config")
+    _add_config_args(stats)
+    stats.add_argument("--limit", type=int, default=None, help="at most N samples per source")
+    show = sub.add_parser("show", help="render encoded samples to text and images")
+    _add_config_args(show)
+    show.add_argument("--n", type=int, default=5, help="how many samples (the first N)")
+    show.add_argument("--ids", default=None, help="comma-separated sample ids to show instead")
+    show.add_argument("--source", default=None, help="only samples of this source (its name)")
+    show.add_argument("--print", action="store_true", dest="print_text",
+                      help="also print each rendering (trained tokens coloured on a terminal)")
+    prepare = sub.add_parser("prepare", help="pre-encode samples into a datasets Arrow dataset")
+    _add_config_args(prepare)
+    prepare.add_argument("--num-proc", type=int, default=1, help="encoding processes")
+    # Overrides may come before or after options; argparse leaves the later ones over.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command in ("synth", "check") or any(e.startswith("-") or "=" not in e
+                                                             for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
 
     if args.command == "synth":
         from data.synthetic import generate
@@ -32,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         for split, path in paths.items():
             print(f"[data] {split}: {path}")
         return 0
+    if args.command == "check":
+        return _check(args)
+    return _run_tool(args)
 
+
+def _check(args) -> int:
     from data.samples import BadSampleLog, DataError
     from data.sources import load_source
 
@@ -48,6 +136,74 @@ def main(argv: list[str] | None = None) -> int:
         for record in bad.records[3:]:
             print(f"  {record}")
     return 1 if bad.records else 0
+
+
+def _run_tool(args) -> int:
+    """stats / show / prepare: load the config and processor, then run the tool."""
+    from data.configio import ConfigError
+    from data.samples import DataError
+
+    try:
+        cfg, model = load_tool_config(args.config, args.overrides, args.model)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        print(f"config error: cannot load a processor from {model!r} ({e}); pass --model with a "
+              "checkpoint folder", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    try:
+        if args.command == "stats":
+            return _stats(args, cfg, processor, model, progress)
+        if args.command == "show":
+            return _show(args, cfg, processor, progress)
+        return _prepare(args, cfg, processor, model, progress)
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 3
+
+
+def _stats(args, cfg, processor, model, progress) -> int:
+    from data import stats
+
+    doc = stats.run(cfg, processor, model, args.out, args.limit, progress)
+    print(stats.format_table(doc))
+    print(f"\n[data] wrote {Path(args.out) / 'stats.json'} and {len(doc['plots'])} histograms")
+    return 1 if doc["total"]["over_max_bad_fraction"] else 0
+
+
+def _show(args, cfg, processor, progress) -> int:
+    from data import show
+
+    names = [s.name for s in cfg.source_configs()]
+    if args.source is not None and args.source not in names:
+        print(f"config error: --source {args.source!r} is not a source of this config; sources: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return 2
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
+    result = show.run(cfg, processor, args.out, n=args.n, ids=ids, source=args.source,
+                      print_text=args.print_text)
+    print(show.format_summary(result))
+    return 1 if result["missing_ids"] or not result["shown"] else 0
+
+
+def _prepare(args, cfg, processor, model, progress) -> int:
+    from data import prepare
+
+    manifest = prepare.run(cfg, processor, model, args.out, num_proc=args.num_proc,
+                           progress=progress)
+    counts = manifest["counts"]
+    print(f"[data] prepared {counts['samples']} samples into {Path(args.out) / 'dataset'}; "
+          f"{counts['bad']} bad (see {Path(args.out) / 'bad_samples.jsonl'})")
+    for name, c in counts["per_source"].items():
+        print(f"  {name}: {c['encoded']} encoded, {c['bad_records']} bad records, "
+              f"{c['failed_to_encode']} failed to encode")
+    return 1 if counts["over_max_bad_fraction"] else 0
 
 
 if __name__ == "__main__":
