@@ -4,20 +4,23 @@
   check    read a training file (LLaVA JSON or messages JSONL), report bad samples
   stats    CONFIG [key=value ...] --out DIR [--model PATH] [--limit N]
            per source and in total: samples, bad samples per reason, text / visual / total
-           token percentiles (p50/p90/p99/max, planned from image headers, no pixel decoding),
+           token percentiles (p50/p90/p99/max, planned from media headers, no pixel decoding),
            images and videos per sample, budget hits (samples over data.max_seq_len or
-           data.max_visual_tokens; images scaled down by max_pixels or up by min_pixels).
-           Writes DIR/stats.json, DIR/bad_samples.jsonl and DIR/hist_{text,visual,total}_tokens.png.
+           data.max_visual_tokens and how many data.over_budget shrinks or drops; images scaled
+           down by max_pixels or up by min_pixels). Writes DIR/stats.json,
+           DIR/bad_samples.jsonl and DIR/hist_{text,visual,total}_tokens.png.
   show     CONFIG [key=value ...] --out DIR [--model PATH] [--n 5 | --ids A,B] [--source NAME]
-           encode samples and write, per sample, DIR/<n>_<id>.txt (the encoded ids decoded back
-           to text, visual pad runs collapsed to "<|image_pad|>x64 (grid 1x16x16)", trained
-           tokens between [[ and ]]) and DIR/<n>_<id>_img<k>.png (each image as the model sees
-           it, boxes / points of the answers drawn on it); DIR/show.json lists them all.
+           [--print]   encode samples as training gets them and write, per sample,
+           DIR/<k>_<id>.txt (the encoded ids decoded back to text, visual pad runs collapsed to
+           "<|image_pad|>x64 (grid 1x16x16)", trained tokens between [[ and ]]),
+           DIR/<k>_<id>_img<j>.png (each image as the model sees it, rebuilt from pixel_values,
+           with the answers' bbox_2d / point_2d drawn) and DIR/<k>_<id>_video<j>.png (frames);
+           DIR/show.json lists them. --print also prints the texts (coloured on a terminal).
   prepare  CONFIG [key=value ...] --out DIR [--model PATH] [--num-proc N]
            pre-encode every sample into a datasets Arrow dataset (DIR/dataset, read back with
-           data.prepare.PreparedDataset), DIR/bad_samples.jsonl (samples that failed to read or
-           encode: file, index, id, reason) and DIR/manifest.json (config, processor, counts;
-           data.prepare.stale_reasons says whether a cache still matches a config).
+           data.prepare.PreparedDataset), DIR/bad_samples.jsonl (samples that failed to read,
+           fit the budget or encode: file, index, id, reason) and DIR/manifest.json (config,
+           processor, counts; data.prepare.stale_reasons says whether a cache still matches).
 
 CONFIG is a training config (its ``data:`` section is read; ``model.path`` is the default
 ``--model``) or a file holding only a data section. Overrides use the file's own keys
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--seed", type=int, default=0)
     check = sub.add_parser("check", help="validate a training data file")
     check.add_argument("path")
-    check.add_argument("--format", default="llava_json", choices=["llava_json", "messages"])
+    check.add_argument("--format", default="llava_json",
+                       help="a source format of data.sources.FORMATS (llava_json, messages, ...)")
     check.add_argument("--image-root", default=None)
     stats = sub.add_parser("stats", help="token counts, budget hits and bad samples of a config")
     _add_config_args(stats)
@@ -201,8 +205,8 @@ def _prepare(args, cfg, processor, model, progress) -> int:
     print(f"[data] prepared {counts['samples']} samples into {Path(args.out) / 'dataset'}; "
           f"{counts['bad']} bad (see {Path(args.out) / 'bad_samples.jsonl'})")
     for name, c in counts["per_source"].items():
-        print(f"  {name}: {c['encoded']} encoded, {c['bad_records']} bad records, "
-              f"{c['failed_to_encode']} failed to encode")
+        print(f"  {name}: {c['encoded']} encoded ({c['shrunk']} shrunk to fit the budget), "
+              f"{c['bad_records']} bad records, {c['failed_to_encode']} failed to encode")
     return 1 if counts["over_max_bad_fraction"] else 0
 
 

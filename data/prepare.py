@@ -8,15 +8,17 @@ that fails to encode before a training run meets it. The output folder holds:
   ``attention_mask``, ``mm_token_type_ids``, ``labels``, ``pixel_values`` / ``image_grid_thw``
   (and the video pair), ``fields`` (which of those the sample has), ``id``, ``source``
   (the source's name), ``file`` and ``index`` (record in the source file);
-- ``bad_samples.jsonl``: samples that could not be read or encoded (file, index, id, reason);
+- ``bad_samples.jsonl``: samples that could not be read, planned, fitted to the budget
+  (``stage: read``) or encoded (``stage: encode``): file, index, id, reason;
 - ``manifest.json``: the data config, the processor path and a hash of its files, a stamp of
   each source file, and counts. ``stale_reasons`` compares it with a config so a cache built
   from other data, budgets or tokenizer is noticed (media files themselves are not hashed).
 
 ``PreparedDataset`` reads the cache back into exactly the dicts ``SampleEncoder.encode``
 returns (torch tensors of the same dtypes), so a prepared cache can stand in for encoding.
-Samples over ``data.max_visual_tokens`` are left out with a reason, as the training corpus
-does; ``SampleEncoder`` itself rejects samples over ``data.max_seq_len``.
+Samples are read as the trainer reads them (``data.corpus.load_corpus``): a sample over
+``data.max_seq_len`` / ``data.max_visual_tokens`` is shrunk (encoded at its smaller budget) or
+dropped with a reason, by ``data.over_budget``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ import numpy as np
 import torch
 
 from data.config import DataConfig
-from data.encode import SampleEncoder
 from data.samples import DataError
-from data.stats import SourceSamples, bad_record_dict, read_sources
+from data.stats import SourceSamples, bad_record_dict, read_for_training
 
 FORMAT_VERSION = 1
 SEQUENCE_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
@@ -66,13 +67,11 @@ def features(processor):
 
 
 class EncodeRows:
-    """Encodes (source position, row) index pairs into rows of ``features``. A sample that
-    fails to encode, or is over ``data.max_visual_tokens``, becomes a failure record instead."""
+    """Encodes (source position, row) index pairs into rows of ``features`` with each source's
+    encoder. A sample that fails to encode becomes a failure record instead."""
 
-    def __init__(self, cfg: DataConfig, processor, sources: list[SourceSamples]):
-        self.cfg, self.sources = cfg, sources
-        self.encoders = [SampleEncoder(processor, cfg.budget(s.config), cfg.max_seq_len)
-                         for s in sources]
+    def __init__(self, sources: list[SourceSamples]):
+        self.sources = sources
 
     def encode(self, position: int, row: int) -> tuple[dict | None, dict | None]:
         """(row of the dataset, None) or (None, failure record)."""
@@ -80,12 +79,9 @@ class EncodeRows:
         meta = {"id": sample.id, "source": self.sources[position].config.name,
                 "file": sample.source, "index": sample.index}
         try:
-            example = self.encoders[position].encode(sample)
-            error = self.over_budget(example)
+            example = self.sources[position].encoder.encode(sample)
         except (OSError, ValueError) as e:
-            example, error = None, f"{type(e).__name__}: {e}"
-        if error:
-            return None, {**meta, "reason": error}
+            return None, {**meta, "reason": f"{type(e).__name__}: {e}"}
         unknown = sorted(set(example) - set(SEQUENCE_FIELDS) - set(VISUAL_FIELDS))
         if unknown:  # a new encoder output: extend features() rather than drop it silently
             raise KeyError(f"prepare cannot store encoded field {unknown[0]!r}; add it to "
@@ -95,24 +91,15 @@ class EncodeRows:
                     for name in (*SEQUENCE_FIELDS, *VISUAL_FIELDS)})
         return row, None
 
-    def over_budget(self, example: dict) -> str | None:
-        limit = self.cfg.max_visual_tokens
-        visual = int((example["mm_token_type_ids"] != 0).sum())
-        if limit is not None and visual > limit:
-            return f"over budget: {visual} visual tokens > data.max_visual_tokens {limit}"
-        return None
-
 
 CHUNK_SAMPLES = 32  # at most this many samples per Arrow chunk file (and progress step)
 _worker: EncodeRows | None = None
 
 
-def _init_worker(cfg: DataConfig, processor, sources: list[SourceSamples]) -> None:
+def _init_worker(sources: list[SourceSamples]) -> None:
     global _worker
-    import torch as _torch
-
-    _torch.set_num_threads(1)  # one core per process; --num-proc sets the parallelism
-    _worker = EncodeRows(cfg, processor, sources)
+    torch.set_num_threads(1)  # one core per process; --num-proc sets the parallelism
+    _worker = EncodeRows(sources)
 
 
 def _encode_chunk(task: tuple[str, list[tuple[int, int]], object],
@@ -151,7 +138,7 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path, nu
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = read_sources(cfg)
+    sources = read_for_training(cfg, processor, progress=progress)
     pairs = [(p, r) for p, s in enumerate(sources) for r in range(len(s.samples))]
     scratch = out_dir / ".encode-chunks"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -166,13 +153,12 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path, nu
     try:
         if num_proc > 1 and len(tasks) > 1:
             context = multiprocessing.get_context("spawn")
-            with context.Pool(min(num_proc, len(tasks)), _init_worker,
-                              (cfg, processor, sources)) as pool:
+            with context.Pool(min(num_proc, len(tasks)), _init_worker, (sources,)) as pool:
                 for result in pool.imap(_encode_chunk, tasks):
                     results.append(result)
                     bar.update(result[1] + len(result[2]))
         else:
-            worker = EncodeRows(cfg, processor, sources)
+            worker = EncodeRows(sources)
             for task in tasks:
                 results.append(_encode_chunk(task, worker))
                 bar.update(results[-1][1] + len(results[-1][2]))
@@ -212,6 +198,7 @@ def _write_reports(cfg: DataConfig, processor_path: str, out_dir: Path,
     for s in sources:
         n_failed = sum(e["source"] == s.config.name for e in failures)
         per_source[s.config.name] = {"read": len(s.samples), "bad_records": len(s.bad.records),
+                                     "shrunk": sum(x.vision_budget is not None for x in s.samples),
                                      "failed_to_encode": n_failed,
                                      "encoded": len(s.samples) - n_failed}
     n_bad = sum(len(s.bad.records) for s in sources) + len(failures)

@@ -9,7 +9,10 @@ or a box that misses its object after the budget resize. This renders a few enco
 - each image as the model sees it, rebuilt from the encoded ``pixel_values`` (so after the
   budget resize), with the boxes and points of the sample's answers drawn on it. Answers use
   Qwen3-VL's relative [0, 1000) coordinates (``data.boxes``), which hold under any resize, so
-  a box that misses its object here is wrong in the data.
+  a box that misses its object here is wrong in the data. Videos become a sheet of their frames.
+
+Samples are read as training gets them (``data.stats.read_for_training``): a sample shrunk to
+fit ``data.max_seq_len`` / ``data.max_visual_tokens`` is shown at its smaller budget.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from data.boxes import SCALE, box_from_relative
+from data.boxes import box_from_relative, point_from_relative
 from data.config import DataConfig
-from data.encode import IGNORE_INDEX, SampleEncoder
+from data.encode import IGNORE_INDEX
 from data.samples import Sample
-from data.stats import SourceSamples, read_sources
+from data.stats import SourceSamples, read_for_training
 
 LABEL_MARKS = ("[[", "]]")
 TERMINAL_MARKS = ("\x1b[1;32m", "\x1b[0m")  # bold green
@@ -232,7 +235,7 @@ def draw_marks(image: Image.Image, marks: list[Mark]) -> Image.Image:
             draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=MARK_COLOR, width=line)
             anchor = (x1 + 2, max(0, y1 - 12))
         else:
-            x, y = (round(v * s / SCALE) for v, s in zip(mark.coords, (width, height)))
+            x, y = (round(v) for v in point_from_relative(mark.coords, width, height))
             r = max(4, 2 * line)
             draw.line([(x - r, y), (x + r, y)], fill=MARK_COLOR, width=line)
             draw.line([(x, y - r), (x, y + r)], fill=MARK_COLOR, width=line)
@@ -321,16 +324,14 @@ def run(cfg: DataConfig, processor, out_dir: str | Path, n: int = 5, ids: list[s
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = read_sources(cfg)
+    sources = read_for_training(cfg, processor)
     chosen, missing = select(sources, n, ids, source)
     terminal = print_text and sys.stdout.isatty()
-    shown, failed, encoders = [], [], {}
+    shown, failed = [], []
     for k, (src, sample) in enumerate(chosen):
         name = src.config.name
-        if name not in encoders:
-            encoders[name] = SampleEncoder(processor, cfg.budget(src.config), cfg.max_seq_len)
         try:
-            example = encoders[name].encode(sample)
+            example = src.encoder.encode(sample)
         except (OSError, ValueError) as e:
             failed.append({"id": sample.id, "source": name, "file": sample.source,
                            "index": sample.index, "reason": f"{type(e).__name__}: {e}"})
@@ -340,8 +341,11 @@ def run(cfg: DataConfig, processor, out_dir: str | Path, n: int = 5, ids: list[s
         if print_text:
             print(f"----- {sample.id} ({name})\n{entry['text']}")
         shown.append(entry)
+    bad_records = [bad_record_dict(r) for s in sources for r in s.bad.records]
+    why = {r["id"]: r["reason"] for r in bad_records}
     result = {"out": str(out_dir), "shown": shown, "failed": failed, "missing_ids": missing,
-              "bad_records": [bad_record_dict(r) for s in sources for r in s.bad.records]}
+              "missing_reasons": {i: why[i] for i in missing if i in why},
+              "bad_records": bad_records}
     doc = dict(result, shown=[{k: v for k, v in e.items() if k != "text"} for e in shown])
     (out_dir / "show.json").write_text(json.dumps(doc, indent=1))
     return result
@@ -356,7 +360,8 @@ def format_summary(result: dict) -> str:
                      f"answer {e['answer'][:60]!r}")
     for f in result["failed"]:
         lines.append(f"{f['id']} ({f['source']}): failed to encode: {f['reason']}")
-    if result["missing_ids"]:
-        lines.append(f"ids not found: {', '.join(result['missing_ids'])}")
+    for sample_id in result["missing_ids"]:
+        reason = result["missing_reasons"].get(sample_id, "no sample has this id")
+        lines.append(f"{sample_id}: not shown: {reason}")
     lines.append(f"[data] wrote {len(result['shown'])} samples to {result['out']} (show.json)")
     return "\n".join(lines)

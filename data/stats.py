@@ -7,8 +7,11 @@ summarised quickly. Budget hits show where the config's limits bite: samples ove
 ``max_seq_len`` or ``max_visual_tokens``, and images whose header size lies above
 ``max_pixels`` (scaled down: detail lost) or below ``min_pixels`` (scaled up).
 
+With ``data.plan_ahead`` (the default) it also reports what ``data.over_budget`` does to the
+over-budget samples, as the trainer will: how many are shrunk and how many dropped.
+
 Sources are read with a skip-policy ``BadSampleLog``: bad records are reported, never fatal.
-``read_sources`` is shared with ``show`` and ``prepare``, which read sources the same way.
+``read_for_training`` (sources as the trainer gets them) is shared with ``show`` and ``prepare``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data.config import DataConfig, SourceConfig
+from data.encode import SampleEncoder
 from data.images import image_size
 from data.planner import TokenPlanner, image_grid
 from data.samples import BadSample, BadSampleLog, Sample
@@ -34,29 +38,48 @@ TOKEN_KINDS = ("text", "visual", "total")
 
 @dataclass
 class SourceSamples:
-    """One configured source, its good samples and the bad records found while reading it."""
+    """One configured source, its good samples and the bad records found while reading it
+    (and, when read as the trainer reads it, the encoder with the source's budget)."""
 
     config: SourceConfig
     samples: list[Sample]
     bad: BadSampleLog
+    encoder: SampleEncoder | None = None
+
+
+def _limited(source: SourceConfig, limit: int | None) -> SourceConfig:
+    if limit is None:
+        return source
+    return dataclasses.replace(source, max_samples=min(limit, source.max_samples or limit))
 
 
 def read_sources(cfg: DataConfig, limit: int | None = None) -> list[SourceSamples]:
-    """Every source of ``cfg`` read with the skip policy. ``limit``: at most the first N good
-    samples of each source (bad records are still counted over the whole file)."""
+    """Every source of ``cfg`` read as it is, with the skip policy. ``limit``: at most the first
+    N good samples of each source (bad records are still counted over the whole file)."""
     out = []
     for source in cfg.source_configs():
-        if limit is not None:
-            cap = min(limit, source.max_samples or limit)
-            source = dataclasses.replace(source, max_samples=cap)
+        source = _limited(source, limit)
         bad = BadSampleLog("skip")
         out.append(SourceSamples(source, load(source, bad), bad))
     return out
 
 
-def videos_of(sample: Sample) -> list:
-    """A sample's videos (samples of image-only sources carry none)."""
-    return list(getattr(sample, "videos", None) or [])
+def read_for_training(cfg: DataConfig, processor, limit: int | None = None,
+                      progress: bool = False) -> list[SourceSamples]:
+    """Every source as the trainer gets it, with the skip policy: ``data.corpus.load_corpus``
+    reads, plans and fits each sample to the budget (``data.over_budget``: shrunk samples carry
+    their smaller ``vision_budget``, dropped ones become bad records), one source at a time so
+    each keeps its own bad-sample log."""
+    from data.corpus import load_corpus
+
+    out = []
+    for source in cfg.source_configs():
+        source = _limited(source, limit)
+        single = dataclasses.replace(cfg, train="", sources=[source])
+        bad = BadSampleLog("skip")
+        corpus = load_corpus(single, processor, bad, plan=cfg.plan_ahead, progress=progress)
+        out.append(SourceSamples(source, corpus.samples, bad, corpus.encoders[0]))
+    return out
 
 
 def bad_record_dict(record: BadSample) -> dict:
@@ -85,7 +108,9 @@ class GroupStats:
 
     def summary(self, max_bad_fraction: float) -> dict:
         n = len(self.tokens["total"])
-        bad_fraction = len(self.bad) / (n + len(self.bad)) if n + len(self.bad) else 0.0
+        # As training counts them: unreadable records plus samples dropped over budget.
+        lost = len(self.bad) + self.hits["samples_dropped_over_budget"]
+        bad_fraction = lost / (n + len(self.bad)) if n + len(self.bad) else 0.0
         return {
             "samples": n,
             "bad": len(self.bad),
@@ -99,7 +124,8 @@ class GroupStats:
         }
 
 
-BUDGET_HITS = ("samples_over_max_seq_len", "samples_over_max_visual_tokens", "images",
+BUDGET_HITS = ("samples_over_max_seq_len", "samples_over_max_visual_tokens",
+               "samples_shrunk", "samples_dropped_over_budget", "images",
                "images_clamped_by_max_pixels", "images_raised_by_min_pixels")
 
 
@@ -153,7 +179,7 @@ def plan_source(cfg: DataConfig, processor, source: SourceSamples, progress: boo
         group.tokens["visual"].append(plan.visual_tokens)
         group.tokens["total"].append(plan.total)
         group.images_per_sample.append(len(sample.images))
-        group.videos_per_sample.append(len(videos_of(sample)))
+        group.videos_per_sample.append(len(sample.videos))
         group.hits["samples_over_max_seq_len"] += plan.total > cfg.max_seq_len
         if cfg.max_visual_tokens is not None:
             group.hits["samples_over_max_visual_tokens"] += plan.visual_tokens > cfg.max_visual_tokens
@@ -169,16 +195,30 @@ def plan_source(cfg: DataConfig, processor, source: SourceSamples, progress: boo
     return group
 
 
-def collect(cfg: DataConfig, processor, sources: list[SourceSamples],
+def count_budget_outcome(group: GroupStats, trained: SourceSamples) -> None:
+    """How ``data.over_budget`` treats this source's over-budget samples, as the trainer will."""
+    group.hits["samples_shrunk"] += sum(s.vision_budget is not None for s in trained.samples)
+    group.hits["samples_dropped_over_budget"] += sum(r.reason.startswith("over budget")
+                                                     for r in trained.bad.records)
+
+
+def collect(cfg: DataConfig, processor, limit: int | None = None,
             progress: bool = True) -> tuple[dict, list[GroupStats]]:
-    """The stats document (what ``stats.json`` holds) and the raw groups (sources, then total)."""
+    """The stats document (what ``stats.json`` holds) and the raw groups (sources, then total).
+    Tokens and hits are planned at each source's own budget; ``samples_shrunk`` /
+    ``samples_dropped_over_budget`` say what the trainer's budget policy then does."""
+    sources = read_sources(cfg, limit)
     groups = [plan_source(cfg, processor, s, progress) for s in sources]
+    if cfg.plan_ahead:
+        for group, trained in zip(groups, read_for_training(cfg, processor, limit)):
+            count_budget_outcome(group, trained)
     total = GroupStats("total")
     for group in groups:
         total.absorb(group)
     doc = {
         "max_seq_len": cfg.max_seq_len,
         "max_visual_tokens": cfg.max_visual_tokens,
+        "over_budget": cfg.over_budget,
         "max_bad_fraction": cfg.max_bad_fraction,
         "sources": {},
         "total": total.summary(cfg.max_bad_fraction),
@@ -227,14 +267,19 @@ def format_table(doc: dict) -> str:
     rows = list(doc["sources"].items()) + [("TOTAL", doc["total"])]
     width = max(12, *(len(name) for name, _ in rows))
     head = (f"{'source':<{width}} {'samples':>8} {'bad':>6} {'img/s':>6} {'vid/s':>6} "
-            f"{'>seq_len':>9} {'>vis_tok':>9} {'img>max_px':>10} {'img<min_px':>10}")
-    lines = [head, "-" * len(head)]
+            f"{'>seq_len':>9} {'>vis_tok':>9} {'shrunk':>7} {'dropped':>8} "
+            f"{'img>max_px':>10} {'img<min_px':>10}")
+    lines = [f"budget: max_seq_len {doc['max_seq_len']}, max_visual_tokens "
+             f"{doc['max_visual_tokens']}, over_budget {doc['over_budget']} (shrunk / dropped: what "
+             "training does with samples over them; bad: unreadable records)", "", head,
+             "-" * len(head)]
     for name, s in rows:
         hits = s["budget_hits"]
         over_vis = hits["samples_over_max_visual_tokens"] if doc["max_visual_tokens"] else "-"
         lines.append(f"{name:<{width}} {s['samples']:>8} {s['bad']:>6} "
                      f"{s['images_per_sample']['mean']:>6.2f} {s['videos_per_sample']['mean']:>6.2f} "
                      f"{hits['samples_over_max_seq_len']:>9} {over_vis:>9} "
+                     f"{hits['samples_shrunk']:>7} {hits['samples_dropped_over_budget']:>8} "
                      f"{hits['images_clamped_by_max_pixels']:>10} "
                      f"{hits['images_raised_by_min_pixels']:>10}")
     lines += ["", f"{'tokens p50/p90/p99/max':<{width + 2}}" + "".join(f"{k:>26}" for k in TOKEN_KINDS)]
@@ -262,8 +307,7 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = read_sources(cfg, limit)
-    doc, groups = collect(cfg, processor, sources, progress)
+    doc, groups = collect(cfg, processor, limit, progress)
     doc = {"processor": processor_path, "limit": limit, "config": to_dict(cfg), **doc}
     (out_dir / "stats.json").write_text(json.dumps(doc, indent=1))
     with open(out_dir / "bad_samples.jsonl", "w") as f:

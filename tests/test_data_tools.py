@@ -4,7 +4,9 @@ drawn boxes of show, and a prepared cache that reads back equal to fresh encodin
 
 from __future__ import annotations
 
+import bisect
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,21 +19,38 @@ from PIL import Image
 from data.__main__ import load_tool_config, main
 from data.boxes import box_from_relative
 from data.config import DataConfig, VisionBudget
+from data.corpus import load_corpus
 from data.encode import SampleEncoder
 from data.planner import TokenPlanner
 from data.prepare import PreparedDataset, StaleCacheError, stale_reasons
-from data.show import MARK_COLOR, answer_marks, model_view_images, render_text
+from data.show import (MARK_COLOR, Mark, answer_marks, draw_marks, model_view_images,
+                       render_text)
 from data.sources import load_llava_json
 
-BUDGET = {"min_pixels": 64 * 64, "max_pixels": 256 * 256}
+BUDGET = {"min_pixels": 64 * 64, "max_pixels": 256 * 256, "num_frames": 4}
 MAX_SEQ_LEN, MAX_VISUAL = 400, 50
 LONG_ANSWER = "word " * 100  # about 500 byte-level tokens: over MAX_SEQ_LEN
 
 
-def _record(sample_id, image, question, answer):
-    return {"id": sample_id, "image": image,
+def _record(sample_id, image, question, answer, media="image"):
+    return {"id": sample_id, media: image,
             "conversations": [{"from": "human", "value": question},
                               {"from": "gpt", "value": answer}]}
+
+
+def _write_clip(path, n_frames=31, fps=10):
+    """A 64x48 video whose frame i is a flat grey of level 8 * i."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +64,12 @@ def workspace(tmp_path_factory, corpus, tiny):
     Image.new("RGB", (600, 400), "navy").save(root / "big.png")      # over max_pixels
     Image.new("RGB", (40, 40), "olive").save(root / "small.png")     # under min_pixels
     (root / "empty.png").write_bytes(b"")                             # unreadable
+    _write_clip(root / "clip.mp4")
     records += [
         _record("big", "big.png", "<image>\nWhat colour?", "navy"),
         _record("small", "small.png", "<image>\nWhat colour?", "olive"),
         _record("long", records[0]["image"], "<image>\nSay it.", LONG_ANSWER),
+        _record("clip", "clip.mp4", "<video>\nWhat happens?", "A fade.", media="video"),
         _record("bad-missing", "nowhere.png", "<image>\nWhat?", "x"),
         _record("bad-tags", "small.png", "<image><image>\nWhat?", "x"),
         _record("bad-empty", "empty.png", "<image>\nWhat?", "x"),
@@ -83,7 +104,7 @@ def test_stats_numbers_match_a_direct_planner_count(workspace, processor):
     totals = [planner.plan(s).total for s in readable]
     visuals = [planner.plan(s).visual_tokens for s in readable]
     shapes = doc["sources"]["shapes"]
-    assert shapes["samples"] == len(readable) == 11
+    assert shapes["samples"] == len(readable) == 12
     assert shapes["bad"] == 3 and sum(shapes["bad_per_reason"].values()) == 3
     assert "image file not found" in shapes["bad_per_reason"]
     for p in (50, 90, 99):
@@ -91,14 +112,17 @@ def test_stats_numbers_match_a_direct_planner_count(workspace, processor):
     assert shapes["tokens"]["total"]["max"] == max(totals)
     assert shapes["tokens"]["total"]["sum"] == sum(totals)
     assert shapes["tokens"]["visual"]["sum"] == sum(visuals)
+    # "long" is over max_seq_len in its text: dropped; "big" (54 visual tokens) is shrunk.
     assert shapes["budget_hits"] == {
-        "samples_over_max_seq_len": 1, "samples_over_max_visual_tokens": 1, "images": 11,
+        "samples_over_max_seq_len": 1, "samples_over_max_visual_tokens": 1,
+        "samples_shrunk": 1, "samples_dropped_over_budget": 1, "images": 11,
         "images_clamped_by_max_pixels": 1, "images_raised_by_min_pixels": 1}
-    assert shapes["images_per_sample"]["samples_with"] == {"1": 11}
+    assert shapes["images_per_sample"]["samples_with"] == {"0": 1, "1": 11}
+    assert shapes["videos_per_sample"]["samples_with"] == {"0": 11, "1": 1}
 
     n_eval = len(load_llava_json(workspace["eval"]))
     assert doc["sources"]["eval"]["samples"] == n_eval and doc["sources"]["eval"]["bad"] == 0
-    assert doc["total"]["samples"] == 11 + n_eval and doc["total"]["bad"] == 3
+    assert doc["total"]["samples"] == 12 + n_eval and doc["total"]["bad"] == 3
     bad = [json.loads(line) for line in (out / "bad_samples.jsonl").read_text().splitlines()]
     assert sorted(b["id"] for b in bad) == ["bad-empty", "bad-missing", "bad-tags"]
     assert all(b["file"] == str(workspace["shapes"]) and b["reason"] for b in bad)
@@ -117,19 +141,35 @@ def test_show_marks_the_answer_and_draws_the_box_on_the_object(workspace, proces
     grounding = next(r for r in records if r["id"].startswith("eval-grounding"))
     out = workspace["root"] / "show"
     argv = ["show", str(workspace["config"]), "--out", str(out), "--ids",
-            f"{grounding['id']},big", "--no-progress"]
+            f"{grounding['id']},big,clip", "--no-progress"]
     assert main(argv) == 0
     doc = json.loads((out / "show.json").read_text())
-    assert [e["id"] for e in doc["shown"]] == [grounding["id"], "big"]
+    assert [e["id"] for e in doc["shown"]] == [grounding["id"], "big", "clip"]
     entry = doc["shown"][0]
     text = Path(entry["text_file"]).read_text()
     answer = grounding["conversations"][1]["value"]
     body = text.split("\n\n", 1)[1]  # after the header lines
     assert f"[[{answer}<|im_end|>]]" in body and body.count("[[") == 1 == body.count("]]")
     assert "<|image_pad|>x9 (grid 1x6x6)" in text  # 96x96 px: 6x6 patches, 9 merged tokens
-    big = Path(doc["shown"][1]["text_file"]).read_text()
-    # 600x400 px scaled into 256x256 px of area: 288x192 (sides floored to multiples of 32)
-    assert "<|image_pad|>x54 (grid 1x12x18)" in big
+    # 600x400 px would take 288x192 px (54 tokens) of the 256x256 budget, over
+    # max_visual_tokens 50: shown shrunk, as training gets it.
+    big = doc["shown"][1]
+    (run,) = re.findall(r"<\|image_pad\|>x(\d+) \(grid 1x(\d+)x(\d+)\)",
+                        Path(big["text_file"]).read_text())
+    tokens, grid_h, grid_w = map(int, run)
+    assert tokens == grid_h * grid_w // 4 == big["visual_tokens"] <= MAX_VISUAL < 54
+    assert big["images"][0]["model_size"] == [grid_w * 16, grid_h * 16]
+    assert abs(grid_w / grid_h - 1.5) < 0.25  # aspect ratio kept
+
+    # The video: 4 frames (2 temporal patches), one run of 4 tokens per timestamp; the
+    # contact sheet shows the frames the model gets (grey levels 0, 80, 160, 240).
+    clip = doc["shown"][2]
+    clip_text = Path(clip["text_file"]).read_text()
+    assert "<|video_pad|>x4 (grid 2x4x4, step 1/2)" in clip_text
+    assert "<|video_pad|>x4 (grid 2x4x4, step 2/2)" in clip_text
+    with Image.open(clip["images"][0]["file"]) as sheet:
+        frames = np.asarray(sheet.convert("L")).reshape(64, 4, 64).mean(axis=(0, 2))
+    assert np.allclose(frames, [0, 80, 160, 240], atol=6), frames
 
     with Image.open(entry["images"][0]["file"]) as im:
         view = np.asarray(im.convert("RGB"))
@@ -170,6 +210,9 @@ def test_render_text_collapses_pads_and_brackets_labels(processor):
     marks = answer_marks('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"point_2d": [5, 6]}]\n```')
     assert [(m.kind, m.coords, m.label) for m in marks] == [("box", [1, 2, 3, 4], "cat"),
                                                            ("point", [5, 6], None)]
+    # A point at relative (250, 500) of a 400x200 view (no zoom at this size) lands at (100, 100).
+    view = np.asarray(draw_marks(Image.new("RGB", (400, 200), "white"), [Mark("point", [250, 500])]))
+    assert tuple(view[100, 100]) == MARK_COLOR and tuple(view[20, 20]) == (255, 255, 255)
 
 
 def test_prepare_round_trip_equals_fresh_encoding(workspace, processor):
@@ -180,26 +223,33 @@ def test_prepare_round_trip_equals_fresh_encoding(workspace, processor):
     manifest = json.loads((out / "manifest.json").read_text())
     bad = {json.loads(line)["id"]: json.loads(line)
            for line in (out / "bad_samples.jsonl").read_text().splitlines()}
-    # Read-time: missing file, tag mismatch. Encode-time: unreadable image, too long, and over
-    # data.max_visual_tokens (the 600x400 image: 54 visual tokens).
-    assert set(bad) == {"bad-missing", "bad-tags", "bad-empty", "long", "big"}
-    assert "max_seq_len" in bad["long"]["reason"] and "max_visual_tokens" in bad["big"]["reason"]
+    # Missing file, tag mismatch, unreadable image, and text over max_seq_len (cannot shrink);
+    # the 600x400 image is shrunk under max_visual_tokens and kept.
+    assert set(bad) == {"bad-missing", "bad-tags", "bad-empty", "long"}
+    assert "max_seq_len" in bad["long"]["reason"]
     assert all(b["file"] == str(workspace["shapes"]) and b["index"] >= 8 for b in bad.values())
 
     cfg, model = load_tool_config(str(workspace["config"]), [], None)
     prepared = PreparedDataset(out, cfg, model)
     n_eval = len(load_llava_json(workspace["eval"]))
-    assert len(prepared) == manifest["counts"]["samples"] == 8 + 1 + n_eval  # + the small image
-    assert manifest["counts"]["bad"] == 5 and manifest["processor_files"]
+    assert len(prepared) == manifest["counts"]["samples"] == 8 + 3 + n_eval  # big, small, clip
+    assert manifest["counts"]["bad"] == 4 and manifest["processor_files"]
+    assert manifest["counts"]["per_source"]["shapes"]["shrunk"] == 1
 
-    encoder = SampleEncoder(processor, VisionBudget(**BUDGET), MAX_SEQ_LEN)
-    samples = {s.id: s for path in (workspace["shapes"], workspace["eval"])
-               for s in load_llava_json(path, bad=_skip())}
+    # Fresh encoding of the samples as training gets them (the shrunk one at its own budget).
+    corpus = load_corpus(cfg, processor, _skip(), plan=True)
+    fresh_by_id = {s.id: (s, corpus.encoders[bisect.bisect_right(corpus.offsets, i) - 1])
+                   for i, s in enumerate(corpus.samples)}
+    assert {prepared.info(i)["id"] for i in range(len(prepared))} == set(fresh_by_id)
+    kinds = set()
     for i in range(len(prepared)):
-        loaded, fresh = prepared[i], encoder.encode(samples[prepared.info(i)["id"]])
+        sample, encoder = fresh_by_id[prepared.info(i)["id"]]
+        loaded, fresh = prepared[i], encoder.encode(sample)
+        kinds.update(k for k in fresh if k.startswith("pixel_values"))
         assert loaded.keys() == fresh.keys()
         for key in fresh:
             assert loaded[key].dtype == fresh[key].dtype and torch.equal(loaded[key], fresh[key]), key
+    assert kinds == {"pixel_values", "pixel_values_videos"}
 
     assert stale_reasons(out, cfg, model) == []
     changed = load_tool_config(str(workspace["config"]), ["data.max_seq_len=512"], None)[0]
