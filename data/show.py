@@ -236,7 +236,7 @@ def draw_marks(image: Image.Image, marks: list[Mark]) -> Image.Image:
             anchor = (x1 + 2, max(0, y1 - 12))
         else:
             x, y = (round(v) for v in point_from_relative(mark.coords, width, height))
-            r = max(4, 2 * line)
+            r = max(5, max(width, height) // 60)
             draw.line([(x - r, y), (x + r, y)], fill=MARK_COLOR, width=line)
             draw.line([(x, y - r), (x, y + r)], fill=MARK_COLOR, width=line)
             draw.ellipse([x - r, y - r, x + r, y + r], outline=MARK_COLOR, width=1)
