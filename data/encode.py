@@ -17,6 +17,8 @@ from data import video as video_lib
 from data.images import load_image
 
 IGNORE_INDEX = -100
+VIDEO_PAD = "<|video_pad|>"
+VIDEO_SLOT = "<|vision_start|>" + VIDEO_PAD + "<|vision_end|>"  # what the chat template writes
 # (pixels, grid) tensors of each visual kind; batches concatenate them in sample order
 VISUAL_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
 
@@ -37,6 +39,11 @@ class SampleEncoder:
     def _process(self, text: str, image_paths: list[str], videos: list,
                  budget: VisionBudget | None = None) -> dict:
         budget = budget or self.budget
+        # Qwen3-VL's own processor replaces the template's whole "<|vision_start|><|video_pad|>
+        # <|vision_end|>" by per-frame "<t seconds><|vision_start|>...<|vision_end|>" groups;
+        # transformers 5.23 replaces only the pad and leaves a stray outer start/end pair, a
+        # layout the released models never saw. Hand it the bare pad to get the official one.
+        text = text.replace(VIDEO_SLOT, VIDEO_PAD)
         images = [load_image(p) for p in image_paths] or None
         video_inputs = {}
         if videos:

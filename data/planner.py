@@ -97,7 +97,8 @@ class TokenPlanner:
                      for p in sample.images)
         # The rendered text holds one <|image_pad|> / <|video_pad|> per image / video; the
         # processor expands each.
-        n_text -= len(sample.images) + len(getattr(sample, "videos", ()))
+        # Each video also loses its outer <|vision_start|>/<|vision_end|> (see data/encode.py).
+        n_text -= len(sample.images) + 3 * len(sample.videos)
         for ref in getattr(sample, "videos", ()):
             video_text, video_visual = self.video_tokens(video_lib.probe(ref), ref)
             n_text += video_text

@@ -205,6 +205,12 @@ def test_encoded_mp4_sample_timestamps_frames_and_plan(processor, clip, tmp_path
     encoded = SampleEncoder(processor, budget).encode(sample)
     ids = encoded["input_ids"]
     assert timestamps_in(processor, ids) == ["0.5", "2.5"]
+    # Qwen3-VL's layout: each temporal patch is "<t seconds><|vision_start|>pads<|vision_end|>",
+    # with no extra start/end around the whole video (transformers 5.23 alone would add one).
+    text = processor.tokenizer.decode(ids)
+    pads = "<|video_pad|>" * 4
+    assert (f"user\n<0.5 seconds><|vision_start|>{pads}<|vision_end|>"
+            f"<2.5 seconds><|vision_start|>{pads}<|vision_end|>\nWhat happens?") in text
     assert encoded["video_grid_thw"].tolist() == [[2, 4, 4]]  # 64x48 -> 64x64 (min pixels)
     n_video = int((ids == processor.video_token_id).sum())
     assert n_video == 2 * 2 * 2
