@@ -2,8 +2,8 @@
 
 ``scripts/bench_data.py`` and ``tests/test_bad_input.py`` feed it through the whole data path
 (read -> plan -> encode) to show that nothing crashes and that every bad sample is reported
-with its file, record and reason. Each bad sample's id names its kind (``bad-<kind>``); kinds
-in ``REPAIRED`` are fixed by a documented rule instead and must come out as good samples.
+with its file, record and reason. Each bad sample's id names its kind (``bad-<kind>``); the
+samples in ``REPAIRED`` are fixed by a documented rule instead and must come out good.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from PIL import Image
 
 from data.config import SourceConfig
 
-# kind -> the rule that repairs it (these samples must encode, not be reported)
+# sample id -> the rule that repairs it (these samples must encode, not be reported)
 REPAIRED = {
-    "tiny_image": "upscaled by the processor to at least min_pixels (sides multiples of 32)",
-    "images_without_tags": "images go before the first user text (LLaVA convention)",
+    "good-tiny_image": "a 1x1 image is upscaled by the processor to min_pixels (sides of 32)",
+    "good-images_without_tags": "images go before the first user text (LLaVA convention)",
+    "1": "a COCO box partly outside the image is clipped to it (data/grounding.py)",
 }
 
 
@@ -121,8 +122,19 @@ def write_faulty_corpus(out: str | Path, n_good: int = 8) -> tuple[list[SourceCo
     (out / "docs.jsonl").write_text(json.dumps({"id": "bad-unreadable_pdf", "pdf": "broken.pdf",
                                                 "question": "Title?", "answer": "none"}) + "\n")
     expected["bad-unreadable_pdf"] = "unreadable_pdf"
+    # Grounding: a COCO file whose second image has a box entirely outside it (the first has
+    # a box partly outside, which is clipped: a documented repair).
+    _png(out / "scene.png", size=(100, 80))
+    coco = {"categories": [{"id": 1, "name": "ball"}],
+            "images": [{"id": 1, "file_name": "scene.png", "width": 100, "height": 80},
+                       {"id": 2, "file_name": "scene.png", "width": 100, "height": 80}],
+            "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [80, 60, 40, 40]},
+                            {"id": 11, "image_id": 2, "category_id": 1, "bbox": [150, 10, 20, 20]}]}
+    (out / "coco.json").write_text(json.dumps(coco))
+    expected["2"] = "box_outside_image"  # COCO samples are named by image id
     sources = [SourceConfig(path=str(out / "train.jsonl"), name="chat"),
-               SourceConfig(path=str(out / "docs.jsonl"), format="pdf", name="docs", task="qa")]
+               SourceConfig(path=str(out / "docs.jsonl"), format="pdf", name="docs", task="qa"),
+               SourceConfig(path=str(out / "coco.json"), format="coco", name="boxes")]
     return sources, expected
 
 
