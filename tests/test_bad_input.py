@@ -47,10 +47,11 @@ def test_training_over_the_faulty_corpus_completes_and_reports(faulty, tiny, tmp
     proc = run_train(tiny, None, tmp_path / "run", "train.max_steps=3", "train.batch_size=2",
                      config=config)
     # All but the truncated image are caught before step 1 (it fails only when decoded).
-    n_bad = len(expected) - 2  # the PDF source is not in this run
+    in_chat = set(expected) - {"bad-unreadable_pdf", "2"}  # the PDF and COCO sources are not used
+    n_bad = len(in_chat) - 1
     assert f"[data] skipping {n_bad} of" in proc.stdout
     records = [json.loads(line) for line in (tmp_path / "run/bad_samples.jsonl").open()]
     assert {r["sample_id"] for r in records if r["stage"] == "load"} == \
-        set(expected) - set(UNPARSEABLE) - {"bad-truncated_image", "bad-unreadable_pdf"} | {None}
+        in_chat - set(UNPARSEABLE) - {"bad-truncated_image"} | {None}
     assert all(r["source"] and r["reason"] for r in records)
     assert (tmp_path / "run/final/adapter_model.safetensors").is_file()
