@@ -111,31 +111,53 @@ def point_in_box(point_xy: list[float], box_xyxy: list[float]) -> bool:
     return box_xyxy[0] <= point_xy[0] <= box_xyxy[2] and box_xyxy[1] <= point_xy[1] <= box_xyxy[3]
 
 
+_FENCE_RE = re.compile(r"^```(?:json)?\s*|\s*```$")
 _POINT_LIST_RE = re.compile(r"[\[(]\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*[\])]")
+_BOX_LIST_RE = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,"
+                          r"\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]")
+
+
+def answer_json(text: str):
+    """(parsed JSON or None, text without a ```json fence) of a model answer."""
+    body = _FENCE_RE.sub("", text.strip())
+    try:
+        return json.loads(body), body
+    except json.JSONDecodeError:
+        return None, body
+
+
+def parse_boxes(text: str) -> list[list[float]]:
+    """Boxes from a Qwen3-VL grounding answer: JSON ``[{"bbox_2d": [...]}, ...]`` (optionally
+    in a ```json fence), a single object, or bare ``[x1, y1, x2, y2]`` lists. Order is kept."""
+    data, _ = answer_json(text)
+    return (_json_coords(data, "bbox_2d", 4)
+            or [[float(v) for v in m] for m in _BOX_LIST_RE.findall(text)])
 
 
 def parse_points(text: str) -> list[list[float]]:
     """Points from a Qwen3-VL pointing answer: JSON ``[{"point_2d": [x, y], ...}, ...]``
     (optionally in a ```json fence), a single object, or bare ``[x, y]`` / ``(x, y)`` pairs.
     Order is kept; nothing parsed gives []."""
-    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        data = None
+    data, body = answer_json(text)
+    return (_json_coords(data, "point_2d", 2)
+            or [[float(x), float(y)] for x, y in _POINT_LIST_RE.findall(body)])
+
+
+def _json_coords(data, key: str, size: int) -> list[list[float]]:
+    """``key`` values of a JSON answer (a list of objects or one object), or the answer itself
+    when it is a bare coordinate list; [] when neither."""
     if isinstance(data, dict):
         data = [data]
-    if isinstance(data, list):
-        points = [d["point_2d"] for d in data if isinstance(d, dict) and _is_pair(d.get("point_2d"))]
-        if not points and _is_pair(data):
-            points = [data]
-        if points:
-            return [[float(v) for v in p] for p in points]
-    return [[float(x), float(y)] for x, y in _POINT_LIST_RE.findall(body)]
+    if not isinstance(data, list):
+        return []
+    found = [d[key] for d in data if isinstance(d, dict) and _is_coords(d.get(key), size)]
+    if not found and _is_coords(data, size):
+        found = [data]
+    return [[float(v) for v in c] for c in found]
 
 
-def _is_pair(value) -> bool:
-    return (isinstance(value, list) and len(value) == 2
+def _is_coords(value, size: int) -> bool:
+    return (isinstance(value, list) and len(value) == size
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
 
 

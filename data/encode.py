@@ -117,6 +117,14 @@ def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right"
             fill = torch.full((longest - len(e[key]),), pad, dtype=e[key].dtype)
             rows.append(torch.cat([fill, e[key]] if padding_side == "left" else [e[key], fill]))
         batch[key] = torch.stack(rows)
+    batch.update(concat_visuals(examples))
+    return batch
+
+
+def concat_visuals(examples: list[dict]) -> dict:
+    """Image and video tensors of several examples, concatenated in example order (the order
+    their placeholder tokens appear in a padded batch or a packed row)."""
+    batch = {}
     for pixels, grid in VISUAL_KEYS:
         with_pixels = [e for e in examples if pixels in e]
         if with_pixels:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from data.encode import IGNORE_INDEX
+from data.encode import IGNORE_INDEX, concat_visuals
 from data.positions import mrope_positions
-
-VISUAL_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
-
 
 def pack_rows(order: list[int], lengths: list[int], capacity: int, window: int = 2048) -> list[list[int]]:
     """Group sample indices into rows of at most ``capacity`` tokens.
@@ -62,9 +59,5 @@ def collate_packed(examples: list[dict], merge_size: int) -> dict:
         "mm_token_type_ids": torch.cat(types)[None],
         "position_ids": torch.cat([torch.cat(text_pos)[None], torch.cat(rope_pos, dim=1)])[:, None],
     }
-    for pixels, grid in VISUAL_KEYS:
-        with_visual = [e for e in examples if pixels in e]
-        if with_visual:
-            batch[pixels] = torch.cat([e[pixels] for e in with_visual])
-            batch[grid] = torch.cat([e[grid] for e in with_visual])
+    batch.update(concat_visuals(examples))
     return batch

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from data.boxes import box_from_relative, point_from_relative
+from data.boxes import answer_json, box_from_relative, point_from_relative
 from data.config import DataConfig
 from data.encode import IGNORE_INDEX
 from data.samples import Sample
@@ -162,7 +162,6 @@ def contact_sheet(frames: list[Image.Image], columns: int = 8) -> Image.Image:
     return sheet
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 _BOX_RE = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]*)\]')
 _POINT_RE = re.compile(r'"point_2d"\s*:\s*\[([^\]]*)\]')
 
@@ -171,10 +170,7 @@ def answer_marks(text: str) -> list[Mark]:
     """Boxes (``bbox_2d``) and points (``point_2d``) in a Qwen3-VL grounding answer: JSON
     objects (a list, one object, nested, or in a ```json fence), labels kept; text that is not
     valid JSON is searched for the ``"bbox_2d": [...]`` / ``"point_2d": [...]`` fields."""
-    try:
-        data = json.loads(_FENCE.sub("", text.strip()))
-    except json.JSONDecodeError:
-        data = None
+    data, _ = answer_json(text)
     marks: list[Mark] = []
     if data is not None and not isinstance(data, (int, float, str)):
         _walk(data, marks)

@@ -6,10 +6,9 @@ reported (``parsed=False``) rather than guessed around, so "unparsed" can be cou
 
 from __future__ import annotations
 
-import json
 import re
 
-from data.boxes import iou
+from data.boxes import iou, parse_boxes
 
 THINK_RE = re.compile(r"^.*?</think>", re.DOTALL)
 
@@ -52,34 +51,6 @@ def anls(prediction: str, golds: list[str], threshold: float = 0.5) -> float:
         sim = 1.0 - levenshtein(p, g) / max(len(p), len(g))
         best = max(best, sim if sim >= threshold else 0.0)
     return best
-
-
-BOX_LIST_RE = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,"
-                         r"\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]")
-
-
-def parse_boxes(text: str) -> list[list[float]]:
-    """Boxes from a Qwen3-VL grounding answer: JSON ``[{"bbox_2d": [...]}, ...]`` (optionally
-    in a ```json fence), a single object, or bare ``[x1, y1, x2, y2]`` lists. Order is kept."""
-    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        data = [data]
-    if isinstance(data, list):
-        boxes = [d["bbox_2d"] for d in data if isinstance(d, dict) and _is_box(d.get("bbox_2d"))]
-        if not boxes and _is_box(data):
-            boxes = [data]
-        if boxes:
-            return [[float(v) for v in b] for b in boxes]
-    return [[float(v) for v in m] for m in BOX_LIST_RE.findall(text)]
-
-
-def _is_box(value) -> bool:
-    return (isinstance(value, list) and len(value) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
 
 
 def box_accuracy(prediction: str, gold_box: list[float], threshold: float = 0.5) -> tuple[float, bool]:
