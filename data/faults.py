@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from data.config import SourceConfig
+from data.synthetic import write_grey_video
 
 # sample id -> the rule that repairs it (these samples must encode, not be reported)
 REPAIRED = {
@@ -31,18 +32,7 @@ def _png(path: Path, size=(64, 48), seed=0) -> str:
 
 
 def _video(path: Path, frames: int) -> str:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            img = np.full((48, 64, 3), (i * 20) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path.name
+    return write_grey_video(path, frames, level_step=20).name
 
 
 def _audio_only(path: Path) -> str:

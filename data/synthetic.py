@@ -129,3 +129,24 @@ def generate(out_dir: str | Path, train_per_task: int = 1000, eval_per_task: int
     out_dir.mkdir(parents=True, exist_ok=True)
     return {"train": write_split(out_dir, "train", train_per_task, seed),
             "eval": write_split(out_dir, "eval", eval_per_task, seed + 1)}
+
+
+def write_grey_video(path, n_frames: int, fps: float = 10, codec: str = "mpeg4", width: int = 64,
+                     height: int = 48, level_step: int = 8, gop: int | None = None) -> Path:
+    """A video whose frame i is a flat grey of level ``level_step * i`` (mod 256), so a
+    decoded frame tells its index. ``gop``: a keyframe every ``gop`` frames."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop
+        for i in range(n_frames):
+            pixels = np.full((height, width, 3), level_step * i % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)

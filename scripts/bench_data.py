@@ -46,7 +46,7 @@ from data.encode import SampleEncoder, VisionBudget  # noqa: E402
 from data.planner import TokenPlanner, image_grid, processor_grid, processor_video_tokens  # noqa: E402
 from data.processor import build_processor  # noqa: E402
 from data.sources import load_llava_json  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+from data.synthetic import generate, write_grey_video  # noqa: E402
 from data.video import VideoInfo, VideoRef  # noqa: E402
 
 BUDGETS = [VisionBudget(32 * 32 * 4, 32 * 32 * 64), VisionBudget(64 * 64, 256 * 256),
@@ -99,24 +99,13 @@ def random_videos(n: int, seed: int) -> list[tuple[VideoInfo, VideoRef]]:
 def write_video_samples(root: Path, n: int, seed: int) -> Path:
     """A LLaVA JSON of ``n`` one-video samples: real clips (mp4 / mkv / webm) of random frame
     size, frame rate and length, each sampled by its own fps or nframes now and then."""
-    import av
-    import numpy as np
-
     rng, records = random.Random(seed), []
     for i in range(n):
         ext, codec = rng.choice([("mp4", "mpeg4"), ("mkv", "libx264"), ("webm", "libvpx-vp9")])
         width, height = 2 * rng.randint(8, 160), 2 * rng.randint(8, 120)
         fps, frames = rng.choice([5, 10, 24, 25, 30]), rng.randint(1, 120)
         path = root / f"clip{i}.{ext}"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream(codec, rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            for k in range(frames):
-                pixels = np.full((height, width, 3), 7 * k % 256, np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        write_grey_video(path, frames, fps, codec, width, height, level_step=7)
         extra = rng.choice([{}, {}, {"fps": rng.choice([0.5, 4.0])}, {"nframes": rng.randint(2, 12)}])
         records.append({"id": f"clip{i}", "video": path.name, **extra, "conversations": [
             {"from": "human", "value": "<video>\nWhat changes?"},

@@ -19,6 +19,7 @@ from PIL import Image
 from data.__main__ import load_tool_config, main
 from data.boxes import box_from_relative
 from data.config import DataConfig, VisionBudget
+from data.synthetic import write_grey_video
 from data.corpus import load_corpus
 from data.encode import SampleEncoder
 from data.planner import TokenPlanner
@@ -40,17 +41,7 @@ def _record(sample_id, image, question, answer, media="image"):
 
 def _write_clip(path, n_frames=31, fps=10):
     """A 64x48 video whose frame i is a flat grey of level 8 * i."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_grey_video(path, n_frames, fps)
 
 
 @pytest.fixture(scope="module")

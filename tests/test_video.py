@@ -9,8 +9,6 @@ import math
 import random
 import re
 
-import av
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,24 +19,14 @@ from data.encode import SampleEncoder, collate
 from data.planner import TokenPlanner, processor_video_tokens
 from data.samples import BadSampleLog, DataError
 from data.sources import load_source
+from data.synthetic import write_grey_video
 
 FRAME_W, FRAME_H = 64, 48
 
 
 def write_video(path, n_frames=31, fps=10, codec="mpeg4", width=FRAME_W, height=FRAME_H, gop=None):
     """Frame i is a flat grey of level 8 * i (mod 256), so a decoded frame tells its index."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if gop:
-            stream.codec_context.gop_size = gop  # a keyframe every `gop` frames
-        for i in range(n_frames):
-            pixels = np.full((height, width, 3), 8 * i % 256, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_grey_video(path, n_frames, fps, codec, width, height, gop=gop)
 
 
 def write_json(path, records):
