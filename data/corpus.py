@@ -11,6 +11,7 @@ with a reason, before the first step.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ class Corpus:
     sources: list[SourceConfig]
     encoders: list[SampleEncoder]
     lengths: list[int] | None  # planned tokens per sample (text + visual), when planned
+
+    def encoder_for(self, index: int) -> SampleEncoder:
+        """The encoder of the source that global sample ``index`` comes from."""
+        return self.encoders[bisect.bisect_right(self.offsets, index) - 1]
 
     def sizes(self) -> list[int]:
         return [end - start for start, end in zip(self.offsets, self.offsets[1:] + [len(self.samples)])]

@@ -144,7 +144,7 @@ def audit(cfg, processor) -> dict:
     good = []
     for index, sample in enumerate(corpus.samples):
         try:
-            corpus.encoders[_source_of(corpus.offsets, index)].encode(sample)
+            corpus.encoder_for(index).encode(sample)
             good.append(sample.id)
         except (OSError, ValueError) as e:  # what EncodedDataset skips and reports mid-run
             log.records.append(BadSample(sample.source, sample.index, sample.id,
@@ -153,6 +153,3 @@ def audit(cfg, processor) -> dict:
             crashes.append(f"{sample.id}: {type(e).__name__}: {e}")
     return {"good": good, "bad": log.records, "crashes": crashes}
 
-
-def _source_of(offsets: list[int], index: int) -> int:
-    return max(i for i, start in enumerate(offsets) if start <= index)

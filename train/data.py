@@ -8,7 +8,6 @@ resumed at step ``s`` sees exactly the samples an uninterrupted run would have s
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 
 import torch
@@ -29,16 +28,12 @@ class EncodedDataset(torch.utils.data.Dataset):
     by the next one - for packed rows, by the next one no longer than the planned length, so
     the row still fits - and reported with the batch."""
 
-    def __init__(self, samples, encoders, offsets: list[int], on_bad_sample: str = "error",
-                 lengths: list[int] | None = None):
-        self.samples, self.encoders, self.offsets = samples, encoders, offsets
+    def __init__(self, corpus, on_bad_sample: str = "error", lengths: list[int] | None = None):
+        self.corpus, self.samples = corpus, corpus.samples
         self.policy, self.lengths = on_bad_sample, lengths
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    def encoder_for(self, index: int):
-        return self.encoders[bisect.bisect_right(self.offsets, index) - 1]
 
     def __getitem__(self, index: int) -> dict:
         skipped = []
@@ -48,7 +43,7 @@ class EncodedDataset(torch.utils.data.Dataset):
                 continue
             sample = self.samples[candidate]
             try:
-                example = self.encoder_for(candidate).encode(sample)
+                example = self.corpus.encoder_for(candidate).encode(sample)
             except (OSError, ValueError) as e:
                 record = BadSample(sample.source, sample.index, sample.id, f"{type(e).__name__}: {e}")
                 if self.policy == "error":

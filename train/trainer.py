@@ -87,7 +87,7 @@ def train(cfg: Config) -> Path:
                   f"{bad_log.path}", flush=True)
     if dist.is_main:
         print(f"[data] {len(samples)} samples ({corpus.summary()})", flush=True)
-    dataset = EncodedDataset(samples, corpus.encoders, corpus.offsets, cfg.data.on_bad_sample,
+    dataset = EncodedDataset(corpus, cfg.data.on_bad_sample,
                              corpus.lengths if cfg.data.packing else None)
 
     # Model, adapters, optimizer.
