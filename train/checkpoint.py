@@ -1,13 +1,19 @@
-"""Resumable checkpoints, written atomically, with retention.
+"""Resumable checkpoints, written atomically, with retention (keep last N, optionally the best).
 
-Layout: ``output_dir/checkpoint-{step}/`` holds ``model/`` (the peft adapter, or the full model),
-``trainer_state.pt`` (optimizer, scheduler, step) and ``rng_rank{r}.pt`` for every rank. A
-checkpoint is assembled in a hidden ``.tmp-`` folder and renamed into place, so a kill during a
-save leaves the previous checkpoint complete and usable.
+``output_dir/checkpoint-{step}/`` holds:
+- ``model/``: the peft adapter, or the full model (not under ZeRO-3 full fine-tuning, whose
+  weights live only in the DeepSpeed shards; ``python -m train.export`` consolidates them);
+- the optimizer and schedule: ``optimizer.pt`` (plain PyTorch) or ``deepspeed/`` (DeepSpeed's
+  sharded model + optimizer + schedule state, one file set per rank);
+- ``trainer_state.pt`` (step, loss since the previous save), ``rng_rank{r}.pt`` for every rank
+  (python, numpy, torch, cuda), ``train_config.json`` (the run config, for export).
+A checkpoint is assembled in a hidden ``.tmp-`` folder and renamed into place only once every
+rank has written its part, so a kill at any moment leaves the previous checkpoint usable.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -50,8 +56,29 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, dist: DistInfo,
-                    keep_last: int, extra: dict | None = None) -> Path:
+def _save_weights(engine, folder: Path, dist: DistInfo) -> None:
+    """model/: the adapter (gathered from ZeRO-3 shards when needed) or the full model."""
+    module = unwrap(engine.module)
+    is_peft = hasattr(module, "peft_config")
+    if not engine.zero3:
+        if dist.is_main:
+            module.save_pretrained(str(folder / "model"))
+        return
+    if not is_peft:
+        return  # full weights stay in the DeepSpeed shards
+    import deepspeed
+    from peft import get_peft_model_state_dict
+
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+        if dist.is_main:
+            state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module).items()}
+            module.save_pretrained(str(folder / "model"), state_dict=state)
+
+
+def save_checkpoint(output_dir: Path, step: int, engine, dist: DistInfo, keep_last: int,
+                    keep_best: bool = False, loss: float | None = None,
+                    run_config: dict | None = None) -> Path:
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}"
@@ -60,19 +87,34 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, di
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+    _save_weights(engine, tmp, dist)
+    engine.save(tmp)
     if dist.is_main:
-        unwrap(model).save_pretrained(str(tmp / "model"))
-        torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), **(extra or {})}, tmp / "trainer_state.pt")
+        torch.save({"step": step, "loss": loss}, tmp / "trainer_state.pt")
+        if run_config is not None:
+            (tmp / "train_config.json").write_text(json.dumps(run_config, indent=2))
     barrier()
     if dist.is_main:
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        for old in list_checkpoints(output_dir)[:-keep_last]:
+        for old in stale_checkpoints(output_dir, keep_last, keep_best):
             shutil.rmtree(old)
     barrier()
     return final
+
+
+def stale_checkpoints(output_dir: Path, keep_last: int, keep_best: bool) -> list[Path]:
+    """Checkpoints retention removes: all but the last ``keep_last`` and, with ``keep_best``,
+    the one with the lowest train loss."""
+    found = list_checkpoints(output_dir)
+    keep = set(found[-keep_last:])
+    if keep_best:
+        scored = [(torch.load(p / "trainer_state.pt", weights_only=False).get("loss"), p) for p in found]
+        scored = [(loss, p) for loss, p in scored if loss is not None]
+        if scored:
+            keep.add(min(scored, key=lambda x: x[0])[1])
+    return [p for p in found if p not in keep]
 
 
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
@@ -88,30 +130,31 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, dist: DistInfo) -> dict:
-    """Restore weights, optimizer, scheduler and this rank's RNG; returns the trainer state."""
+def _load_weights(module, model_dir: Path) -> None:
     from safetensors.torch import load_file
 
-    inner = unwrap(model)
-    model_dir = path / "model"
-    if hasattr(inner, "peft_config"):
+    if hasattr(module, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(inner, load_file(str(model_dir / "adapter_model.safetensors")))
-    else:
-        state = {}
-        for shard in sorted(model_dir.glob("*.safetensors")):
-            state.update(load_file(str(shard)))
-        # save_pretrained leaves out an lm_head tied to the embeddings; anything else missing
-        # or unexpected means the checkpoint belongs to another model.
-        missing, unexpected = inner.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise ValueError(f"{model_dir}: checkpoint does not match the model "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(trainer_state["optimizer"])
-    scheduler.load_state_dict(trainer_state["scheduler"])
+        set_peft_model_state_dict(module, load_file(str(model_dir / "adapter_model.safetensors")))
+        return
+    state = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    # save_pretrained leaves out an lm_head tied to the embeddings; anything else missing
+    # or unexpected means the checkpoint belongs to another model.
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise ValueError(f"{model_dir}: checkpoint does not match the model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_checkpoint(path: Path, engine, dist: DistInfo) -> dict:
+    """Restore weights, optimizer, schedule and this rank's RNG; returns the trainer state."""
+    if not engine.restores_weights:
+        _load_weights(unwrap(engine.module), path / "model")
+    engine.load(path)
     rng_file = path / f"rng_rank{dist.rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return trainer_state
+    return torch.load(path / "trainer_state.pt", weights_only=False)

@@ -53,6 +53,7 @@ class EncodedDataset(torch.utils.data.Dataset):
                     break
                 continue
             example["skipped"] = skipped
+            example["sample_id"] = sample.id
             return example
         raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
                         f"{BadSample(**skipped[-1]) if skipped else 'no replacement fits the packed row'}")
@@ -139,12 +140,22 @@ class TrainCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         skipped = [s for e in examples for s in e.pop("skipped", [])]
+        described = [describe_example(e, self.merge_size) for e in examples]
         if self.packing:
             batch = collate_packed(examples, self.merge_size)
         else:
             batch = collate(examples, self.pad_token_id, padding_side="right")
         batch["skipped"] = skipped
+        batch["samples"] = described
         return batch
+
+
+def describe_example(example: dict, merge_size: int) -> dict:
+    """Id and size of one example, for messages about the batch it lands in (e.g. out of memory)."""
+    visual = sum(int(example[grid].prod(-1).sum()) // merge_size ** 2
+                 for grid in ("image_grid_thw", "video_grid_thw") if grid in example)
+    return {"id": example.pop("sample_id", "?"), "tokens": len(example["input_ids"]),
+            "visual_tokens": visual}
 
 
 def make_loader(dataset, sampler: StepBatchSampler, collator: TrainCollator, num_workers: int = 0):

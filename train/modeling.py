@@ -18,7 +18,7 @@ def load_processor(path: str):
 
 
 def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sdpa",
-               adapter: str | None = None):
+               adapter: str | None = None, experts_implementation: str | None = None):
     """``path``: a full checkpoint; ``adapter``: an optional peft adapter folder on top of it."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -26,8 +26,14 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
     if config.model_type not in ("qwen3_vl", "qwen3_vl_moe"):
         raise ValueError(f"{path}: model_type {config.model_type!r} is not Qwen3-VL "
                          f"(expected qwen3_vl or qwen3_vl_moe)")
+    kwargs = {}
+    if experts_implementation is not None:
+        if config.model_type != "qwen3_vl_moe":
+            raise ValueError(f"model.experts_implementation={experts_implementation!r} applies to MoE "
+                             f"checkpoints; {path} is dense: remove the key")
+        kwargs["experts_implementation"] = experts_implementation
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
     if adapter:
         from peft import PeftModel
 

@@ -1,0 +1,214 @@
+"""How a step updates the model: plain PyTorch (one process or DDP) or DeepSpeed (ZeRO-2/3,
+CPU offload, AutoEP expert parallelism). Parallelism is applied here and nowhere else.
+
+Both engines give the training loop the same surface: ``forward(batch)``, ``backward(loss)``,
+``micro_step(last)`` (gradient-accumulation boundaries), ``finish_step(skip)`` -> (grad norm,
+applied), ``lrs()``, and ``save(dir)`` / ``load(dir)`` of the full training state. The loss the
+loop passes to ``backward`` is already the mean over every label token of the global batch, so
+neither engine rescales it for accumulation (DDP and ZeRO average gradients over ranks; the loop
+multiplies that back by dividing ``num_items_in_batch`` by the world size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from train.distributed import DistInfo
+
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+
+
+def lr_lambda(cfg):
+    """Learning-rate factor per optimizer step: linear warm-up, then cosine / linear / constant."""
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+    return factor
+
+
+def build_scheduler(optimizer, cfg):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+
+def build_optimizer(param_groups, cfg):
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class TorchEngine:
+    """One process, or DDP over several. A step with a non-finite loss or gradient is skipped
+    whole: gradients are dropped and neither the optimizer nor the schedule moves."""
+
+    restores_weights = False  # its state files hold the optimizer only; weights are in model/
+
+    def __init__(self, model, param_groups, cfg, dist: DistInfo, find_unused: bool):
+        self.module, self.dist = model, dist
+        self.model = model
+        if dist.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                find_unused_parameters=find_unused)
+        self.params = [p for g in param_groups for p in g["params"]]
+        self.optimizer = build_optimizer(param_groups, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.max_grad_norm = cfg.train.max_grad_norm
+
+    def micro_step(self, last: bool):
+        if self.dist.world_size == 1 or last:
+            return contextlib.nullcontext()
+        return self.model.no_sync()  # gradients are all-reduced once, on the last micro-batch
+
+    def forward(self, batch: dict):
+        return self.model(**batch, use_cache=False)
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def micro_done(self) -> None:
+        pass
+
+    def finish_step(self, skip: bool) -> tuple[float, bool]:
+        grad_norm = float("nan")
+        if not skip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
+        applied = not skip and math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, applied
+
+    def lrs(self) -> dict[str, float]:
+        return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+
+    def save(self, folder: Path) -> None:
+        if self.dist.is_main:
+            torch.save({"optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict()}, folder / "optimizer.pt")
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(folder / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    @property
+    def zero3(self) -> bool:
+        return False
+
+
+def deepspeed_config(cfg, dist: DistInfo, model_config) -> dict:
+    """The DeepSpeed config for this run: a shipped name or a JSON path, with its "auto" values
+    filled in from the training config (so batch size, accumulation, clipping and precision are
+    stated once, in the YAML)."""
+    name = cfg.distributed.deepspeed
+    path = DEEPSPEED_CONFIGS / f"{name}.json" if (DEEPSPEED_CONFIGS / f"{name}.json").is_file() else Path(name)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))
+        raise FileNotFoundError(f"distributed.deepspeed={name!r}: no such file; give a DeepSpeed "
+                                f"JSON path or one of {shipped}")
+    ds = json.loads(path.read_text())
+    t = cfg.train
+    autos = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.max_grad_norm,
+    }
+    for key, value in autos.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise ValueError(f"{path}: {key}={ds[key]} disagrees with the training config ({value}); "
+                             f"set it to \"auto\" or change the YAML")
+    ds["train_batch_size"] = t.batch_size * t.grad_accum * dist.world_size
+    for precision, dtype in (("bf16", "bfloat16"), ("fp16", "float16")):
+        section = ds.setdefault(precision, {"enabled": False})
+        if section.get("enabled") == "auto":
+            section["enabled"] = cfg.model.dtype == dtype
+    optimizer = ds.get("optimizer")
+    if optimizer:  # DeepSpeed builds it (e.g. its CPU Adam for offload): fill lr / decay
+        params = optimizer.setdefault("params", {})
+        for key, value in (("lr", t.lr), ("weight_decay", t.weight_decay)):
+            if params.get(key, "auto") == "auto":
+                params[key] = value
+        if dist.device.type == "cpu":
+            params["torch_adam"] = True  # no JIT-built fused/CPU Adam on a CPU-only machine
+    zero = ds.setdefault("zero_optimization", {})
+    hidden = getattr(getattr(model_config, "text_config", model_config), "hidden_size", 1024)
+    for key, value in (("reduce_bucket_size", hidden * hidden),
+                       ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+                       ("stage3_param_persistence_threshold", 10 * hidden)):
+        if zero.get(key) == "auto":
+            zero[key] = value
+    if dist.device.type == "cpu":
+        # Offload on a CPU-only machine: DeepSpeed's CPU Adam is a JIT build; torch's AdamW does.
+        ds["zero_force_ds_cpu_optimizer"] = False
+    if cfg.distributed.expert_parallel > 1:
+        from train.expert_parallel import expert_parallel_section
+
+        ds["expert_parallel"] = expert_parallel_section(
+            cfg.distributed.ep_preset, cfg.distributed.expert_parallel, model_config)
+    return ds
+
+
+class DeepSpeedEngine:
+    """ZeRO-2/3 (optionally offloaded, optionally with AutoEP experts) through ``deepspeed.initialize``.
+
+    Non-finite losses are caught before backward (all ranks agree, as ZeRO needs), and those
+    micro-batches are left out; DeepSpeed owns the optimizer step, so a step whose gradient
+    norm comes out non-finite has already been applied, and the loop stops on it."""
+
+    restores_weights = True  # deepspeed/ holds the (sharded) weights too
+
+    def __init__(self, model, param_groups, cfg, dist: DistInfo, ds_config: dict):
+        import deepspeed
+
+        self.dist, self.ds_config = dist, ds_config
+        client_optimizer = None if "optimizer" in ds_config else \
+            (lambda params: build_optimizer(params, cfg.train))
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=param_groups, optimizer=client_optimizer,
+            lr_scheduler=lambda opt: build_scheduler(opt, cfg.train), config=ds_config)
+        self.module = self.model.module
+
+    @property
+    def zero3(self) -> bool:
+        return self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+
+    def micro_step(self, last: bool):
+        return contextlib.nullcontext()  # DeepSpeed counts micro-steps itself
+
+    def forward(self, batch: dict):
+        return self.model(**batch, use_cache=False)
+
+    def backward(self, loss) -> None:
+        self.model.backward(loss, scale_wrt_gas=False)
+
+    def micro_done(self) -> None:
+        self.model.step()  # an optimizer step only at the accumulation boundary
+
+    def finish_step(self, skip: bool) -> tuple[float, bool]:
+        norm = self.model.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        return norm, True
+
+    def lrs(self) -> dict[str, float]:
+        return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+
+    def save(self, folder: Path) -> None:
+        self.model.save_checkpoint(str(folder / "deepspeed"), tag="state")
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.model.load_checkpoint(str(folder / "deepspeed"), tag="state",
+                                             load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"{folder / 'deepspeed'}: no DeepSpeed state to resume from")

@@ -1,0 +1,86 @@
+"""Expert parallelism for Qwen3-VL-MoE under ZeRO-3, through DeepSpeed AutoEP.
+
+AutoEP replaces each MoE block with a layer whose experts are split over an expert-parallel
+group (grouped-GEMM experts, all-to-all token dispatch) while ZeRO-3 shards everything else.
+DeepSpeed 0.19.8 ships presets for text MoE models (qwen3_moe, mixtral, ...) but none for
+Qwen3-VL-MoE, whose MoE blocks sit under ``model.language_model`` and whose config nests the
+routing keys in ``text_config``. A preset here is the module map AutoEP needs, written into the
+``expert_parallel`` section of the DeepSpeed config with DeepSpeed's own custom-pattern keys, so
+nothing inside DeepSpeed is patched. A user picks one by name (``distributed.ep_preset``).
+"""
+
+from __future__ import annotations
+
+import re
+
+# peft wraps the model as base_model.model.<name>; AutoEP matches full module names.
+PEFT_PREFIX = r"(?:base_model\.model\.)?"
+
+EP_PRESETS = {
+    "qwen3_vl_moe": {
+        "moe_layer_pattern": PEFT_PREFIX + r"model\.language_model\.layers\.\d+\.mlp",
+        "router_pattern": "gate",
+        "expert_pattern": "experts",
+        "num_experts_attr": "num_experts",
+        "expert_w1": "gate_up_proj",  # fused gate and up projections, (E, 2I, H) in memory
+        "expert_w2": "down_proj",
+        "expert_w3": None,
+        # Qwen3-VL-MoE routing: softmax over all experts, top-k, renormalised over the k.
+        "score_func": "softmax",
+        "route_norm": True,
+        "has_shared_experts": False,
+    },
+}
+
+
+def expert_parallel_section(preset: str, ep_size: int, model_config, use_grouped_mm: bool = True) -> dict:
+    """The ``expert_parallel`` block of a DeepSpeed config for ``model_config`` (a transformers
+    Qwen3-VL-MoE config)."""
+    if preset not in EP_PRESETS:
+        raise ValueError(f"distributed.ep_preset={preset!r} is unknown; choose from {sorted(EP_PRESETS)}")
+    text = getattr(model_config, "text_config", model_config)
+    return {"enabled": True, "autoep_size": ep_size, "use_grouped_mm": use_grouped_mm,
+            # AutoEP reads top_k from the top-level config, where the VL config has none.
+            "top_k": int(text.num_experts_per_tok), **EP_PRESETS[preset]}
+
+
+def check_expert_parallel(model, model_config, preset: str, ep_size: int, world_size: int,
+                          zero_stage: int) -> None:
+    """Fail at start, saying what to change, on combinations AutoEP would reject late or
+    silently ignore."""
+    text = getattr(model_config, "text_config", model_config)
+    num_experts = getattr(text, "num_experts", None)
+    if not num_experts:
+        raise ValueError(f"distributed.expert_parallel={ep_size} but {model_config.model_type} is a "
+                         f"dense model (no experts): set distributed.expert_parallel=1")
+    if zero_stage != 3:
+        raise ValueError(f"distributed.expert_parallel={ep_size} needs ZeRO stage 3 (the DeepSpeed "
+                         f"config has stage {zero_stage}): set distributed.deepspeed=zero3")
+    if world_size % ep_size:
+        raise ValueError(f"distributed.expert_parallel={ep_size} does not divide the {world_size} "
+                         f"processes: pick a divisor of the process count")
+    if num_experts % ep_size:
+        raise ValueError(f"distributed.expert_parallel={ep_size} does not divide the model's "
+                         f"{num_experts} experts: pick a divisor of {num_experts}")
+    pattern = re.compile(EP_PRESETS[preset]["moe_layer_pattern"])
+    blocks = [n for n, m in model.named_modules()
+              if pattern.fullmatch(n) and hasattr(m, EP_PRESETS[preset]["expert_pattern"])]
+    if not blocks:
+        raise ValueError(f"distributed.ep_preset={preset!r} finds no MoE block in "
+                         f"{type(model).__name__} (pattern {pattern.pattern}); use a preset that "
+                         f"matches this model or distributed.expert_parallel=1")
+    lora_on_experts = [n for n, _ in model.named_parameters() if ".experts." in n and "lora_" in n]
+    if lora_on_experts:
+        raise ValueError("LoRA on MoE experts (lora.targets: experts) cannot be combined with expert "
+                         "parallelism: AutoEP replaces the expert modules the adapters wrap. Drop "
+                         "'experts' from lora.targets or set distributed.expert_parallel=1")
+
+
+def local_expert_count(model) -> dict[str, int]:
+    """Experts each MoE layer holds on this rank (after AutoEP: num_experts / ep_size)."""
+    counts = {}
+    for name, module in model.named_modules():
+        n = getattr(module, "num_local_experts", None)
+        if isinstance(n, int):
+            counts[name] = n
+    return counts
