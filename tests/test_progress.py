@@ -141,7 +141,8 @@ def test_metrics_trackers_and_loss_curve(tmp_path):
         dict(loss=2.0, lr=1e-4, lrs={"llm": 1e-4, "vision": 2e-5}, grad_norm=1.5, tokens=100,
              seconds=1.0, visual_tokens=40, flops=4e12, moe={"aux_loss": 0.2}),
         dict(loss=1.0, lr=9e-5, lrs={"llm": 9e-5, "vision": 1.8e-5}, grad_norm=1.0, tokens=300,
-             seconds=1.0, visual_tokens=60, flops=6e12, moe={"aux_loss": 0.4}, skipped=1),
+             seconds=1.0, visual_tokens=60, flops=6e12, moe={"aux_loss": 0.4, "moe/idle_experts/layer_0": 2.0},
+             skipped=1),
         dict(loss=float("nan"), lr=8e-5, lrs={"llm": 8e-5, "vision": 1.6e-5}, grad_norm=float("nan"),
              tokens=100, seconds=1.0, visual_tokens=0, flops=2e12, nan_skipped=True),
         dict(loss=0.5, lr=0.0, lrs={"llm": 0.0, "vision": 0.0}, grad_norm=0.5, tokens=100,
@@ -158,6 +159,7 @@ def test_metrics_trackers_and_loss_curve(tmp_path):
     assert first["lr"] == 9e-5 and first["lr_vision"] == 1.8e-5 and second["lr_vision"] == 0.0
     assert first["grad_norm"] == 1.0 and first["tokens_per_s"] == 200 and first["tokens_per_step"] == 200
     assert first["visual_tokens_per_step"] == 50 and first["moe/aux_loss"] == pytest.approx(0.3)
+    assert first["moe/idle_experts/layer_0"] == 2.0  # keys already under moe/ are kept
     assert first["skipped_samples"] == 1 and second["nan_steps_skipped"] == 1
     # 10 TFLOP in 2 s on 2 devices of 10 TFLOP/s peak: 25%.
     assert first["mfu"] == pytest.approx(0.25) and first["model_tflops_per_s"] == pytest.approx(2.5)

@@ -8,7 +8,7 @@ the run's loss curve is drawn from the file (``train/plots.py``).
 A row holds: step, loss (mean of the window's finite losses), lr (and lr_<group> when the
 parameter groups' rates differ), grad_norm (last step), tokens_per_s, tokens_per_step,
 visual_tokens_per_step, step_s, skipped_samples and nan_steps_skipped (run totals), elapsed_s,
-moe/<name> (window means of the MoE extras), model_tflops_per_s (per device) and mfu when FLOPs
+moe/<name> (window means of the MoE extras; names already starting with moe/ are kept), model_tflops_per_s (per device) and mfu when FLOPs
 are reported and the peak is known, max_mem_gib on CUDA. Non-finite numbers are written as null.
 """
 
@@ -103,7 +103,7 @@ class ProgressLog:
         })
         for key in dict.fromkeys(k for x in w for k in x["moe"]):
             values = [float(x["moe"][key]) for x in w if key in x["moe"]]
-            record[f"moe/{key}"] = sum(values) / len(values)
+            record[key if key.startswith("moe/") else f"moe/{key}"] = sum(values) / len(values)
         if all(x["flops"] is not None for x in w):
             flops = sum(x["flops"] for x in w)
             record["model_tflops_per_s"] = flops / seconds / self.world_size / 1e12
