@@ -115,8 +115,9 @@ class ProgressLog:
 
     def _line(self, r: dict) -> str:
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "n/a"
+        grad_norm = f"{r['grad_norm']:.3f}" if r["grad_norm"] is not None else "n/a"
         parts = [f"step {r['step']}/{self.max_steps}", f"loss {loss}", f"lr {r['lr']:.2e}",
-                 f"grad_norm {r['grad_norm']:.3f}", f"tok/s {r['tokens_per_s']:.0f}"]
+                 f"grad_norm {grad_norm}", f"tok/s {r['tokens_per_s']:.0f}"]
         if r["visual_tokens_per_step"]:
             parts.append(f"vis_tok/step {r['visual_tokens_per_step']:.0f}")
         if "mfu" in r:
