@@ -41,7 +41,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # The MoE block of a decoder layer, under any prefix (peft adds ``base_model.model.``).
@@ -178,7 +177,7 @@ class RouterLosses:
 
     Usage per micro-batch (the model in ``train()`` mode; eval forwards are not captured)::
 
-        router = RouterLosses.attach(model, cfg.moe)   # once, before DDP / DeepSpeed wrapping
+        router = RouterLosses.attach(model, cfg.moe)   # once the model is final (see attach)
         out = model(**batch)                            # padding taken from attention_mask
         r = router.loss()                               # this forward's router loss
         (out.loss + r.total / grad_accum).backward()
@@ -197,6 +196,7 @@ class RouterLosses:
         self._current: _Forward | None = None
         self._done: list[_Forward] = []
         self._load: torch.Tensor | None = None
+        self._device: torch.device | None = None  # where routing happens (set by the first forward)
         self._handles: list = []
         self._hook()
 
@@ -207,6 +207,10 @@ class RouterLosses:
         ``moe_cfg`` is a ``train.config.MoeConfig``; ``aux_loss_coef=None`` takes the
         checkpoint's ``text_config.router_aux_loss_coef``. Switches off transformers' own aux
         loss (``output_router_logits``) so it is not added to ``.loss`` a second time.
+
+        Attach to the final module tree: after peft and after ``deepspeed.initialize`` (AutoEP
+        replaces the MoE blocks there; hooks on the replaced routers would never fire). Before
+        or after DDP wrapping makes no difference.
         """
         sites = find_router_sites(model)
         config = getattr(model, "config", None)
@@ -233,15 +237,16 @@ class RouterLosses:
 
     def _hook(self) -> None:
         text_models = {id(s.text_model): s.text_model for s in self.sites}
+        add = self._handles.append
         for text_model in text_models.values():
-            self._handles.append(text_model.register_forward_pre_hook(self._begin, with_kwargs=True))
-            self._handles.append(text_model.register_forward_hook(self._end))
+            add(text_model.register_forward_pre_hook(self._begin, with_kwargs=True))
+            add(text_model.register_forward_hook(self._end))
         for site in self.sites:
             if site.logits_module is site.choice_module:
-                self._handles.append(site.choice_module.register_forward_hook(self._on_router(site)))
+                add(site.choice_module.register_forward_hook(self._on_router(site)))
             else:
-                self._handles.append(site.logits_module.register_forward_hook(self._on_logits(site)))
-                self._handles.append(site.choice_module.register_forward_hook(self._on_choice(site)))
+                add(site.logits_module.register_forward_hook(self._on_logits(site)))
+                add(site.choice_module.register_forward_hook(self._on_choice(site)))
 
     def _begin(self, module, args, kwargs):
         # Only training forwards count; gradient-checkpoint recomputation runs decoder layers
@@ -293,6 +298,7 @@ class RouterLosses:
 
     def _add_load(self, site: RouterSite, choices: torch.Tensor, mask: torch.Tensor | None) -> None:
         if self._load is None:
+            self._device = choices.device
             self._load = torch.zeros(len(self.sites), self.num_experts, dtype=torch.long,
                                      device=choices.device)
         weight = (torch.ones(choices.numel(), dtype=torch.long, device=choices.device)
@@ -334,8 +340,8 @@ class RouterLosses:
         """
         load = self._load
         if load is None:  # no training forward since the last call (still joins the all-reduce)
-            load = torch.zeros(len(self.sites), self.num_experts, dtype=torch.long,
-                               device=self.sites[0].logits_module.weight.device)
+            device = self._device or self.sites[0].logits_module.weight.device
+            load = torch.zeros(len(self.sites), self.num_experts, dtype=torch.long, device=device)
         self._load = None
         if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)
