@@ -176,6 +176,13 @@ def test_eval_forwards_are_not_captured_and_dense_models_get_none(tiny, batch):
     assert router.pop_load().sum() == 0
     with pytest.raises(RuntimeError, match="no training forward"):
         router.loss()
+    router.detach()
+
+    # Load statistics only (both coefficients 0): counted, loss a constant 0.
+    router = RouterLosses.attach(model.train(), MoeConfig(aux_loss_coef=0.0))
+    model(**batch)
+    assert router.loss().total.item() == 0 and router.loss().aux is None
+    assert (router.pop_load().sum(1) == 2 * int(batch["attention_mask"].sum())).all()
 
     dense = load_model(str(tiny["dense"]))
     assert find_router_sites(dense) == [] and RouterLosses.attach(dense, MoeConfig()) is None

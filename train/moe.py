@@ -254,9 +254,9 @@ class RouterLosses:
         self._current = _Forward(_padding_mask(args, kwargs)) if module.training else None
 
     def _end(self, module, args, output):
-        if self._current is not None:
+        if self._current is not None and self.keep_logits:  # load-only: nothing to keep
             self._done.append(self._current)
-            self._current = None
+        self._current = None
 
     def _on_router(self, site: RouterSite):
         def hook(module, args, output):
@@ -312,19 +312,22 @@ class RouterLosses:
         """Router loss of the training forward(s) since the last call (mean over forwards).
 
         ``total`` = aux_coef * aux + z_coef * z, to add to the LM loss (divided by grad_accum;
-        see the module docstring). Raises if no training forward was captured.
+        see the module docstring). Raises if no training forward was captured. With both
+        coefficients 0 it is a constant 0 (only load is counted) and need not be called.
         """
+        if not self.keep_logits:  # both coefficients are 0: load statistics only
+            return RouterLossOutput(torch.zeros(()), None, None)
         done, self._done = self._done, []
         if not done:
             raise RuntimeError("RouterLosses.loss(): no training forward since the last call "
                                "(the model must be in train() mode and run a forward first)")
-        if not self.keep_logits:
-            return RouterLossOutput(torch.zeros(()), None, None)
         aux_terms, z_terms = [], []
         for fwd in done:
             missing = [s.layer for s in self.sites if s.layer not in fwd.logits]
             if missing:
-                raise RuntimeError(f"router hooks saw no output for MoE layers {missing}")
+                raise RuntimeError(f"router hooks saw no output for MoE layers {missing}: attach "
+                                   "RouterLosses to the final model (after peft and after "
+                                   "deepspeed.initialize, which may replace MoE blocks)")
             aux_terms += [load_balancing_loss(fwd.logits[s.layer], fwd.choices[s.layer],
                                               fwd.token_mask) for s in self.sites]
             z_terms += [router_z_loss(fwd.logits[s.layer], fwd.token_mask) for s in self.sites]
