@@ -1,0 +1,196 @@
+"""Export: LoRA merged (dense; MoE with expert LoRA), ZeRO-3 and ZeRO-3 + AutoEP shards
+consolidated; each export reloads with plain from_pretrained and reproduces the training-time
+model's logits (within 1e-5) and greedy generation on the verification sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from train.export import SampleOutputs, export, sample_outputs, verify_export
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTN = r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+MLP = r"model\.language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)"
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def lora_run(base: Path, out: Path, **lora_kwargs):
+    """A LoRA run's output_dir as the trainer writes it, adapters moved away from their zero
+    init (a fresh adapter is a no-op and would hide a merge that does nothing).
+    Returns (the run folder, the training-time peft model)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(base))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **lora_kwargs))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    run_config = {"model": {"path": str(base), "dtype": "float32"}, "lora": {"enabled": True}}
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(run_config))
+    (out / "checkpoint-2/train_config.json").write_text(json.dumps(run_config))
+    model.save_pretrained(str(out / "checkpoint-2/model"))
+    torch.save({"step": 2}, out / "checkpoint-2/trainer_state.pt")  # marks it complete
+    return out, model.eval()
+
+
+def assert_reproduces(export_dir: Path, reference: SampleOutputs, processor):
+    """Plain transformers reload: same logits (1e-5) and the same greedy tokens."""
+    from transformers import AutoModelForImageTextToText
+
+    assert not (export_dir / "adapter_config.json").exists()
+    assert (export_dir / "generation_config.json").is_file()
+    model = AutoModelForImageTextToText.from_pretrained(str(export_dir))
+    got = sample_outputs(model, processor, max_new_tokens=len(reference.generated))
+    assert (got.logits - reference.logits).abs().max().item() <= 1e-5
+    assert got.generated == reference.generated
+
+
+def test_dense_lora_attention_mlp_merged(tiny, processor, tmp_path):
+    run, peft_model = lora_run(tiny["dense"], tmp_path / "run", target_modules=f"(?:{ATTN}|{MLP})",
+                               modules_to_save=["lm_head"])
+    reference = sample_outputs(peft_model, processor)
+    with peft_model.disable_adapter():
+        base_logits = sample_outputs(peft_model, processor).logits
+    assert (reference.logits - base_logits).abs().max() > 0.1  # the adapter matters
+
+    diff = export(run / "checkpoint-2", tmp_path / "export")
+    assert diff <= 1e-5
+    assert_reproduces(tmp_path / "export", reference, processor)
+    weights = tensors(tmp_path / "export")
+    assert not any("lora" in k or "modules_to_save" in k for k in weights)
+    from transformers import AutoProcessor
+
+    assert AutoProcessor.from_pretrained(str(tmp_path / "export")).tokenizer.vocab_size > 0
+
+    export(run, tmp_path / "bf16", dtype="bfloat16", verify=False)  # a run folder: latest ckpt
+    assert {t.dtype for t in tensors(tmp_path / "bf16").values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "bf16/config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_moe_expert_lora_merged_in_hub_layout(tiny, processor, tmp_path):
+    run, peft_model = lora_run(tiny["moe"], tmp_path / "run", target_modules=ATTN,
+                               target_parameters=EXPERTS)
+    reference = sample_outputs(peft_model, processor)
+    # As the trainer's final/: the adapter and the processor, the run config one level up.
+    final = run / "final"
+    peft_model.save_pretrained(str(final))
+    processor.save_pretrained(str(final))
+
+    assert export(final, tmp_path / "export") <= 1e-5
+    assert_reproduces(tmp_path / "export", reference, processor)
+    base, merged = tensors(tiny["moe"]), tensors(tmp_path / "export")
+    for layer in (0, 1):
+        prefix = f"model.language_model.layers.{layer}.mlp.experts."
+        # Hub layout: gate_up (E, H, 2I), down (E, I, H); every expert got its LoRA delta.
+        assert merged[prefix + "gate_up_proj"].shape == (8, 64, 96)
+        assert merged[prefix + "down_proj"].shape == (8, 48, 64)
+        for name in ("gate_up_proj", "down_proj"):
+            delta = (merged[prefix + name] - base[prefix + name]).flatten(1).abs().amax(1)
+            assert (delta > 1e-4).all(), (name, delta)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def zero3_run(model: Path, out: Path, *args) -> Path:
+    """2-process gloo ZeRO-3 run (tests/helpers/zero3_checkpoint.py) -> its output_dir."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), str(ROOT / "tests/helpers/zero3_checkpoint.py"),
+           "--model", str(model), "--out", str(out), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def live_reference(run: Path) -> SampleOutputs:
+    saved = torch.load(run / "reference.pt")
+    return SampleOutputs(saved["logits"], saved["generated"])
+
+
+def test_zero3_full_finetune_consolidated_by_cli(tiny, processor, tmp_path):
+    run = zero3_run(tiny["dense"], tmp_path / "run")
+    out = tmp_path / "export"
+    proc = subprocess.run([sys.executable, "-m", "train.export", str(run / "checkpoint-3"),
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    figure = [line for line in proc.stdout.splitlines()
+              if line.startswith("export_logits_max_abs_diff=")]
+    assert figure and float(figure[0].split("=")[1]) <= 1e-5, proc.stdout
+    assert "export_generation_equal=true" in proc.stdout
+    # The live, still-sharded model at the end of training is the reference.
+    assert_reproduces(out, live_reference(run), processor)
+    base, trained = tensors(tiny["dense"]), tensors(out)
+    assert trained.keys() == base.keys()
+    assert max((trained[k] - base[k]).abs().max() for k in base) > 1e-3  # it trained
+
+
+def test_zero3_autoep_experts_consolidated(tiny, processor, tmp_path):
+    """AutoEP with 2 ranks (4 experts each) plus a frozen vision tower (frozen ZeRO-3
+    fragments are joined separately): experts come back fused, in the hub layout."""
+    run = zero3_run(tiny["moe"], tmp_path / "run", "--ep", "2", "--freeze-vision")
+    assert export(run / "checkpoint-3", tmp_path / "export") <= 1e-5
+    assert_reproduces(tmp_path / "export", live_reference(run), processor)
+    base, trained = tensors(tiny["moe"]), tensors(tmp_path / "export")
+    assert trained.keys() == base.keys()
+    for k in base:
+        assert trained[k].shape == base[k].shape, k  # experts in the hub layout, as the base
+        moved = (trained[k] - base[k]).abs().max() > 0
+        assert moved == (not k.startswith("model.visual")), k  # frozen stays, the rest trained
+
+
+def test_not_a_checkpoint_fails_naming_path_and_expectation(tmp_path, capsys):
+    from train.export_cli import main
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes: not a training checkpoint.*expected a checkpoint-N"):
+        export(folder, tmp_path / "out")
+    (tmp_path / "run/checkpoint-5/model").mkdir(parents=True)  # a checkpoint without weights
+    with pytest.raises(ValueError, match=r"checkpoint-5: not a training checkpoint \(model/ holds "):
+        export(tmp_path / "run/checkpoint-5", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="missing: no such folder"):
+        export(tmp_path / "missing", tmp_path / "out")
+    assert main([str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert f"{folder}: not a training checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_export_reports_a_different_model(tiny, processor):
+    """The check itself can fail: the dense and MoE tiny models are different models."""
+    from train.export import ExportMismatch
+
+    from transformers import AutoModelForImageTextToText
+
+    dense = AutoModelForImageTextToText.from_pretrained(str(tiny["dense"]))
+    try:
+        diff = verify_export(dense, tiny["moe"], processor)
+    except ExportMismatch:
+        return
+    assert diff > 1e-3
