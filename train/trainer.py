@@ -23,10 +23,14 @@ from train import checkpoint as ckpt
 from train.config import Config
 from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
 from train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from train.engine import DeepSpeedEngine, TorchEngine, deepspeed_config
+from train.engine import DeepSpeedEngine, TorchEngine, VisionKeepAlive, deepspeed_config
+from train.flops import StepFlops, peak_flops
 from train.lora import apply_lora
-from train.modeling import load_model, load_processor
+from train.modeling import DTYPES, load_model, load_processor
+from train.moe import RouterLosses, load_summary
+from train.params import freeze_parts, param_groups
 from train.progress import ProgressLog
+from train.trackers import check_trackers
 
 
 def seed_everything(seed: int) -> None:
@@ -39,26 +43,6 @@ def real_tokens(batch: dict) -> int:
     """Tokens that are not padding (a packed row has none)."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-
-
-def vision_keepalive(model, batch: dict):
-    """Zero that still runs the vision tower on a micro-batch without images or videos.
-
-    ZeRO-3 gathers each module's weights collectively, DDP and ZeRO-2 reduce gradients in
-    buckets: every rank must run the same modules in every micro-step, or a text-only batch on
-    one rank and an image batch on another hangs the job. A 2x2-patch blank image costs little.
-    """
-    if "pixel_values" in batch or "pixel_values_videos" in batch:
-        return 0.0
-    vision = getattr(model, "config").vision_config
-    patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
-    merge = vision.spatial_merge_size
-    device = batch["input_ids"].device
-    dtype = next(p for p in model.parameters()).dtype
-    grid = torch.tensor([[1, merge, merge]], device=device)
-    out = model.get_image_features(torch.zeros(merge * merge, patch, dtype=dtype, device=device), grid)
-    tensors = list(out.pooler_output) + [t for feats in out.deepstack_features for t in feats]
-    return sum(t.float().sum() for t in tensors) * 0.0
 
 
 def describe_batch(samples: list[dict]) -> str:
@@ -80,6 +64,12 @@ def build_model(cfg: Config, dist: DistInfo):
     ds_config = deepspeed_config(cfg, dist, model_config) if cfg.distributed.deepspeed else None
     zero_stage = (ds_config or {}).get("zero_optimization", {}).get("stage", 0)
     hf_ds = None
+    if ds_config is not None:
+        import deepspeed
+
+        # DeepSpeed's own communicator, on the process group init_distributed already made;
+        # its config reads the world size from it.
+        deepspeed.init_distributed(dist_backend="nccl" if dist.device.type == "cuda" else "gloo")
     if zero_stage == 3:
         # Alive while the model loads: from_pretrained then partitions weights as it reads them.
         from transformers.integrations import HfDeepSpeedConfig
@@ -90,7 +80,9 @@ def build_model(cfg: Config, dist: DistInfo):
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+        model = apply_lora(model, cfg.lora, cfg.train)  # adapters only on unfrozen parts
+    else:
+        freeze_parts(model, cfg.train)
     if cfg.distributed.expert_parallel > 1:
         from train.expert_parallel import check_expert_parallel
 
@@ -98,7 +90,7 @@ def build_model(cfg: Config, dist: DistInfo):
                               cfg.distributed.expert_parallel, dist.world_size, zero_stage)
     if ds_config is None:
         model.to(dist.device)
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "name": "all"}]
+    groups = param_groups(model, cfg.train)
     if ds_config is not None:
         engine = DeepSpeedEngine(model, groups, cfg, dist, ds_config)
     else:
@@ -109,6 +101,7 @@ def build_model(cfg: Config, dist: DistInfo):
 
 def train(cfg: Config) -> Path:
     dist = init_distributed()
+    check_trackers(cfg.logging.report_to)  # a missing wandb fails now, not after data loading
     out = Path(cfg.train.output_dir)
     run_config = to_dict(cfg)
     if dist.is_main:
@@ -136,6 +129,16 @@ def train(cfg: Config) -> Path:
 
     engine = build_model(cfg, dist)
     model = engine.module
+    # After deepspeed.initialize: AutoEP has replaced the MoE blocks the hooks attach to.
+    router = RouterLosses.attach(model, cfg.moe)
+    if cfg.distributed.expert_parallel > 1:
+        from train.expert_parallel import local_expert_count
+
+        local = local_expert_count(model)
+        print(f"[ep] rank {dist.rank} holds {sorted(set(local.values()))} of "
+              f"{model.config.text_config.num_experts} experts in each of {len(local)} MoE layers",
+              flush=True)
+    step_flops = StepFlops(model.config)
 
     start_step = 0
     resume_from = ckpt.resolve_resume(out, cfg.train.resume)
@@ -152,8 +155,10 @@ def train(cfg: Config) -> Path:
     merge = processor.image_processor.merge_size
     collator = TrainCollator(processor.tokenizer.pad_token_id, cfg.data.packing, merge)
     batches = iter(make_loader(dataset, sampler, collator, cfg.data.num_workers))
-    log = ProgressLog(out / "metrics.jsonl", cfg.train, start_step, enabled=dist.is_main)
-    keepalive = dist.world_size > 1  # see vision_keepalive
+    log = ProgressLog(out / "metrics.jsonl", cfg.train, start_step, enabled=dist.is_main,
+                      logging=cfg.logging, run_config=run_config, world_size=dist.world_size,
+                      peak_flops=peak_flops(dist.device, DTYPES[cfg.model.dtype]))
+    keepalive = VisionKeepAlive(model) if dist.world_size > 1 else None
     nan_at, nan_in_a_row, loss_since_save = injected_nan_steps(), 0, []
 
     engine.model.train()
@@ -165,9 +170,11 @@ def train(cfg: Config) -> Path:
         n_label = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
         items_per_rank = torch.tensor(all_reduce_sum([n_label], dist.device)[0] / dist.world_size)
         loss_sum, tokens, visual, skipped, non_finite = 0.0, 0, 0, [], False
+        flops, aux_sum, z_sum = 0.0, 0.0, 0.0
         for i, batch in enumerate(micro_batches):
             skipped += batch.pop("skipped")
             described = batch.pop("samples")
+            flops += step_flops.step_flops(batch)
             batch = {k: v.to(dist.device) for k, v in batch.items()}
             tokens += real_tokens(batch)
             visual += sum(d["visual_tokens"] for d in described)
@@ -175,16 +182,24 @@ def train(cfg: Config) -> Path:
                 continue  # the step is dropped anyway
             with engine.micro_step(last=i == len(micro_batches) - 1):
                 try:
-                    loss = engine.forward({**batch, "num_items_in_batch": items_per_rank}).loss
-                    if keepalive:
-                        loss = loss + vision_keepalive(model, batch)
+                    if keepalive is not None:
+                        keepalive.arm(batch)
+                    lm_loss = engine.forward({**batch, "num_items_in_batch": items_per_rank}).loss
+                    loss = lm_loss
+                    if router is not None:
+                        # A per-micro-batch mean: averaged over micro-batches here and over
+                        # ranks by the gradient reduction.
+                        r = router.loss()
+                        loss = lm_loss + r.total / len(micro_batches)
+                        aux_sum += r.aux / len(micro_batches)
+                        z_sum += r.z / len(micro_batches)
                     if step + 1 in nan_at and dist.rank == dist.world_size - 1:
                         loss = loss * float("nan")
                     # Every rank must take the same branch (ZeRO and DDP communicate in backward).
                     bad_here = all_reduce_sum([float(not torch.isfinite(loss).item())], dist.device)[0] > 0
                     if not bad_here:
                         engine.backward(loss)
-                        loss_sum += loss.item() / dist.world_size
+                        loss_sum += lm_loss.item() / dist.world_size
                     non_finite |= bad_here
                 except torch.cuda.OutOfMemoryError as e:
                     raise RuntimeError(
@@ -218,10 +233,18 @@ def train(cfg: Config) -> Path:
             nan_in_a_row = 0
             loss_since_save.append(loss_sum)
 
-        loss, tokens, n_skipped = all_reduce_sum([loss_sum, tokens, len(skipped)], dist.device)
-        lr = next(iter(engine.lrs().values()))
-        log.step(step + 1, loss=loss if not bad_step else float("nan"), lr=lr, grad_norm=grad_norm,
-                 tokens=int(tokens), seconds=time.perf_counter() - t0, skipped=int(n_skipped))
+        loss, tokens, visual, flops, n_skipped, aux, z = all_reduce_sum(
+            [loss_sum, tokens, visual, flops, len(skipped), aux_sum, z_sum], dist.device)
+        moe = None
+        if router is not None and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps):
+            moe = {"aux_loss": aux / dist.world_size, "z_loss": z / dist.world_size}
+            if cfg.moe.log_expert_load:
+                moe.update(load_summary(router.pop_load(all_reduce=True), router.layers))
+        lrs = engine.lrs()
+        log.step(step + 1, loss=loss if not bad_step else float("nan"), lr=lrs.get("llm", next(iter(lrs.values()))),
+                 grad_norm=grad_norm, tokens=int(tokens), seconds=time.perf_counter() - t0,
+                 skipped=int(n_skipped), lrs=lrs, visual_tokens=int(visual), nan_skipped=bad_step,
+                 flops=flops, moe=moe)
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 \
                 and step + 1 < cfg.train.max_steps:
             ckpt.save_checkpoint(out, step + 1, engine, dist, cfg.train.keep_last, cfg.train.keep_best,
@@ -241,24 +264,23 @@ def train(cfg: Config) -> Path:
 def save_final(engine, processor, final: Path, dist: DistInfo) -> None:
     """final/: what eval loads - the adapter, or the full model (gathered from ZeRO-3 shards)."""
     module = ckpt.unwrap(engine.module)
+    is_peft = hasattr(module, "peft_config")
     if engine.zero3:
         import deepspeed
 
-        params = [p for p in module.parameters() if p.requires_grad] \
-            if hasattr(module, "peft_config") else list(module.parameters())
+        params = [p for p in module.parameters() if p.requires_grad] if is_peft else list(module.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            if dist.is_main:
+            if dist.is_main and is_peft:
+                # peft picks the adapter's entries; the frozen base weights here are empty shards.
                 state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                if hasattr(module, "peft_config"):
-                    from peft import get_peft_model_state_dict
-
-                    state = get_peft_model_state_dict(module, state_dict=state)
                 module.save_pretrained(str(final), state_dict=state)
-                if not hasattr(module, "peft_config") and module.config.model_type == "qwen3_vl_moe":
-                    from train.debug_models import write_experts_in_hub_layout
-
-                    write_experts_in_hub_layout(final)  # loadable under ZeRO-3/EP too
+            elif dist.is_main:
+                module.save_pretrained(str(final))
     elif dist.is_main:
         module.save_pretrained(str(final))
     if dist.is_main:
+        if not is_peft and module.config.model_type == "qwen3_vl_moe":
+            from train.debug_models import write_experts_in_hub_layout
+
+            write_experts_in_hub_layout(final)  # the hub layout loads under ZeRO-3 / EP too
         processor.save_pretrained(str(final))
