@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -201,3 +203,85 @@ def test_param_groups_lr_and_weight_decay_per_part(tiny, batch):
     model(**batch).loss.backward()
     opt.step()
     assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-4]
+
+
+# --- DeepSpeed: the groups as model_parameters of a 2-process ZeRO-3 run with expert LoRA ------
+
+ZERO3_STEPS = 3
+ZERO3_LORA = dict(targets=["llm_attn", "experts"], modules_to_save=["language_model.norm"])
+ZERO3_TRAIN = dict(lr=2e-2, weight_decay=0.1)
+
+
+def zero3_model(moe_path: str):
+    model = load_model(moe_path)
+    torch.manual_seed(0)  # the same adapter initialisation in the workers and the reference
+    cfg = TrainConfig(**ZERO3_TRAIN)
+    return apply_lora(model, lora(**ZERO3_LORA), cfg), cfg
+
+
+def rank_ids(rank: int) -> torch.Tensor:
+    return torch.randint(0, 250, (1, 16), generator=torch.Generator().manual_seed(rank))
+
+
+def zero3_worker(moe_path: str, out: str) -> None:
+    """One rank of ``torchrun -m tests.test_lora MOE OUT``: ZeRO-3 steps on this rank's sequence."""
+    import json
+
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank = torch.distributed.get_rank()
+    model, cfg = zero3_model(moe_path)
+    # The config's lr differs from every group's: the groups' own lr must win.
+    ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+          "gradient_clipping": 1.0,  # DeepSpeed's default too; the reference clips the same way
+          "optimizer": {"type": "AdamW", "params": {"lr": 0.5, "torch_adam": True}}}
+    engine, opt, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg),
+                                             config=ds)
+    losses = []
+    for _ in range(ZERO3_STEPS):
+        loss = engine(input_ids=rank_ids(rank), labels=rank_ids(rank)).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    groups = [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses, "groups": groups}))
+
+
+def test_param_groups_drive_zero3_with_expert_lora(tiny, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29600 + os.getpid() % 1000), "-m", "tests.test_lora",
+           str(tiny["moe"]), str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # DeepSpeed keeps each group's name, lr and weight decay.
+    assert sorted(map(tuple, ranks[0]["groups"])) == [("llm", 2e-2, 0.1), ("llm.no_decay", 2e-2, 0.0)]
+
+    # Reference: one process, plain AdamW over the same groups, the mean loss of both sequences.
+    model, cfg = zero3_model(str(tiny["moe"]))
+    model.train()  # as DeepSpeed's engine: the MoE router's aux loss only counts in training
+    groups = param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups)
+    for step in range(ZERO3_STEPS):
+        losses = [model(input_ids=rank_ids(r), labels=rank_ids(r)).loss for r in (0, 1)]
+        (sum(losses) / 2).backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        opt.zero_grad()
+        for r in (0, 1):
+            assert ranks[r]["losses"][step] == pytest.approx(losses[r].item(), rel=1e-5), (step, r)
+    assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
+
+
+if __name__ == "__main__":
+    import sys
+
+    zero3_worker(*sys.argv[1:3])
