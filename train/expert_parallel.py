@@ -38,21 +38,27 @@ def expert_parallel_section(preset: str, ep_size: int, model_config, use_grouped
     Qwen3-VL-MoE config)."""
     if preset not in EP_PRESETS:
         raise ValueError(f"distributed.ep_preset={preset!r} is unknown; choose from {sorted(EP_PRESETS)}")
+    require_experts(model_config, ep_size)
     text = getattr(model_config, "text_config", model_config)
     return {"enabled": True, "autoep_size": ep_size, "use_grouped_mm": use_grouped_mm,
             # AutoEP reads top_k from the top-level config, where the VL config has none.
             "top_k": int(text.num_experts_per_tok), **EP_PRESETS[preset]}
 
 
-def check_expert_parallel(model, model_config, preset: str, ep_size: int, world_size: int,
-                          zero_stage: int) -> None:
-    """Fail at start, saying what to change, on combinations AutoEP would reject late or
-    silently ignore."""
+def require_experts(model_config, ep_size: int) -> int:
     text = getattr(model_config, "text_config", model_config)
     num_experts = getattr(text, "num_experts", None)
     if not num_experts:
         raise ValueError(f"distributed.expert_parallel={ep_size} but {model_config.model_type} is a "
                          f"dense model (no experts): set distributed.expert_parallel=1")
+    return num_experts
+
+
+def check_expert_parallel(model, model_config, preset: str, ep_size: int, world_size: int,
+                          zero_stage: int) -> None:
+    """Fail at start, saying what to change, on combinations AutoEP would reject late or
+    silently ignore."""
+    num_experts = require_experts(model_config, ep_size)
     if zero_stage != 3:
         raise ValueError(f"distributed.expert_parallel={ep_size} needs ZeRO stage 3 (the DeepSpeed "
                          f"config has stage {zero_stage}): set distributed.deepspeed=zero3")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -49,11 +50,13 @@ def describe_batch(samples: list[dict]) -> str:
     return ", ".join(f"{s['id']} ({s['tokens']} tokens, {s['visual_tokens']} visual)" for s in samples)
 
 
-def injected_nan_steps() -> set[int]:
-    """Fault injection for tests: QWEN3VL_INJECT_NAN_STEPS="3,5" makes the last rank's loss NaN
-    at those (1-based) steps."""
-    raw = os.environ.get("QWEN3VL_INJECT_NAN_STEPS", "")
-    return {int(x) for x in raw.split(",") if x.strip()}
+def injected_faults() -> tuple[set[int], int | None]:
+    """Fault injection for tests and benchmarks, on the last rank: QWEN3VL_INJECT_NAN_STEPS="3,5"
+    makes the loss NaN at those (1-based) steps; QWEN3VL_KILL_AT_STEP=4 SIGKILLs the process as
+    step 4 begins (no cleanup, as the OOM killer or a preempted node would)."""
+    nan = {int(x) for x in os.environ.get("QWEN3VL_INJECT_NAN_STEPS", "").split(",") if x.strip()}
+    kill = os.environ.get("QWEN3VL_KILL_AT_STEP")
+    return nan, int(kill) if kill else None
 
 
 def build_model(cfg: Config, dist: DistInfo):
@@ -159,10 +162,13 @@ def train(cfg: Config) -> Path:
                       logging=cfg.logging, run_config=run_config, world_size=dist.world_size,
                       peak_flops=peak_flops(dist.device, DTYPES[cfg.model.dtype]))
     keepalive = VisionKeepAlive(model) if dist.world_size > 1 else None
-    nan_at, nan_in_a_row, loss_since_save = injected_nan_steps(), 0, []
+    (nan_at, kill_at), nan_in_a_row, loss_since_save = injected_faults(), 0, []
+    last_rank = dist.rank == dist.world_size - 1
 
     engine.model.train()
     for step in range(start_step, cfg.train.max_steps):
+        if step + 1 == kill_at and last_rank:
+            os.kill(os.getpid(), signal.SIGKILL)
         t0 = time.perf_counter()
         micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
         # The loss is the mean over every label token of the global batch, however it is split
@@ -193,7 +199,7 @@ def train(cfg: Config) -> Path:
                         loss = lm_loss + r.total / len(micro_batches)
                         aux_sum += r.aux / len(micro_batches)
                         z_sum += r.z / len(micro_batches)
-                    if step + 1 in nan_at and dist.rank == dist.world_size - 1:
+                    if step + 1 in nan_at and last_rank:
                         loss = loss * float("nan")
                     # Every rank must take the same branch (ZeRO and DDP communicate in backward).
                     bad_here = all_reduce_sum([float(not torch.isfinite(loss).item())], dist.device)[0] > 0
