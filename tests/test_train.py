@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/demo/train_lora.yaml"
 
 
-def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, config=CONFIG):
+def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, config=CONFIG,
+              env: dict | None = None):
     """``corpus=None``: the data section comes from ``config`` alone (e.g. a mixture)."""
     data = [f"data.train={corpus['train']}"] if corpus is not None else []
     args = [f"model.path={tiny['dense']}", *data, f"train.output_dir={out}", "train.batch_size=4", "train.warmup_steps=1",
@@ -23,7 +24,7 @@ def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, c
     launcher = [sys.executable, "-m", "train"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_port", str(29500 + os.getpid() % 1000), "-m", "train"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **(env or {}))
     proc = subprocess.run(launcher + [str(config)] + args, capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=600)
     if check:
@@ -134,3 +135,25 @@ def test_packed_mixture_trains_and_resumes_with_identical_losses(tiny, corpus, t
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert all(700 < r["tokens_per_step"] <= 2 * 1024 for r in rows)  # two well-filled rows per step
+
+
+def test_nan_loss_step_is_skipped_or_stops_the_run(tiny, corpus, tmp_path):
+    skip = tmp_path / "skip"
+    proc = run_train(tiny, corpus, skip, "train.max_steps=3", env={"QWEN3VL_INJECT_NAN_STEPS": "2"})
+    assert "step 2: non-finite loss; step skipped" in proc.stdout
+    rows = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nan_steps_skipped"] for r in rows] == [0, 1, 1]
+    assert rows[1]["loss"] is None and rows[2]["loss"] > 0
+    assert rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]  # the skipped step left the schedule
+    assert (skip / "final/adapter_model.safetensors").is_file()
+    stop = run_train(tiny, corpus, tmp_path / "stop", "train.max_steps=3", "train.on_nan=stop",
+                     env={"QWEN3VL_INJECT_NAN_STEPS": "2"}, check=False)
+    assert stop.returncode != 0
+    assert "step 2: non-finite loss; stopping (train.on_nan=stop)" in stop.stderr
+
+
+def test_loss_curve_and_tensorboard_written(tiny, corpus, tmp_path):
+    out = tmp_path / "obs"
+    run_train(tiny, corpus, out, "train.max_steps=2", "logging.report_to=[tensorboard]")
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
