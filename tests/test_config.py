@@ -84,3 +84,17 @@ def test_mixture_config_errors_name_the_source(cfg_file):
         load_config(Config, cfg_file(base % "weight: 2"), ["data.train=x.json"])
     with pytest.raises(ConfigError, match="set train.batch_size=1"):
         load_config(Config, cfg_file(base % "weight: 2"), ["data.packing=true", "train.batch_size=4"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distributed.expert_parallel=2"], r"needs DeepSpeed ZeRO-3: set distributed.deepspeed=zero3"),
+    (["train.freeze_vision=true", "lora.targets=[llm_attn, vision]"],
+     r"remove 'vision' from lora.targets or set train.freeze_vision=false"),
+    (["distributed.deepspeed=zero3", "distributed.expert_parallel=2", "lora.targets=[experts]"],
+     r"'experts' cannot be combined with distributed.expert_parallel > 1"),
+    (["train.freeze_vision=true", "train.freeze_merger=true", "train.freeze_llm=true"],
+     r"nothing would train"),
+])
+def test_wrong_training_combinations_fail_at_start(cfg_file, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Config, cfg_file(MINIMAL), overrides)

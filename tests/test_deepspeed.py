@@ -34,13 +34,19 @@ def mixed(corpus, tmp_path_factory) -> Path:
     return path
 
 
-def launch(model: Path, data: Path, out: Path, *overrides, env: dict | None = None, check=True):
+def launch(model: Path, data: Path, out: Path, *overrides, env: dict | None = None, check=True,
+           launcher: str = "torchrun"):
     args = [f"model.path={model}", f"data.train={data}", f"train.output_dir={out}",
             "train.batch_size=1", "train.warmup_steps=1", "train.log_every=1", "train.progress=false",
             "train.max_steps=4", "lora.r=4", "lora.alpha=8", "logging.loss_plot=false", *overrides]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + (os.getpid() + hash(str(out))) % 2000), "-m", "train",
-           str(CONFIG), *args]
+    port = str(29500 + (os.getpid() + hash(str(out))) % 2000)
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", port, "-m", "train"]
+    else:  # the deepspeed launcher appends --local_rank=N to the arguments
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
+               "--master_port", port, "--module", "train"]
+    cmd += [str(CONFIG), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **(env or {})))
     if check:
@@ -106,10 +112,10 @@ def test_zero3_moe_expert_parallel_equals_no_ep(tiny, mixed, tmp_path):
     assert row["moe/aux_loss"] > 0 and "moe/load_max_over_mean/worst" in row
 
 
-def test_zero3_offload_lora_moe(tiny, mixed, tmp_path):
+def test_zero3_offload_lora_moe_under_the_deepspeed_launcher(tiny, mixed, tmp_path):
     out = tmp_path / "offload"
     launch(tiny["moe"], mixed, out, "distributed.deepspeed=zero3_offload", "train.max_steps=2",
-           "lora.targets=[llm_attn]", "lora.modules_to_save=[]")
+           "lora.targets=[llm_attn]", "lora.modules_to_save=[]", launcher="deepspeed")
     assert (out / "final/adapter_model.safetensors").is_file()
     assert all(v == v for v in losses(out).values())  # finite
 

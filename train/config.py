@@ -144,3 +144,12 @@ class Config:
             raise ValueError("with data.packing=true a micro-batch is one packed row of up to "
                              "data.pack_tokens tokens: set train.batch_size=1 and size the step "
                              "with data.pack_tokens and train.grad_accum")
+        if self.lora.enabled:
+            from train.lora import validate_lora
+
+            validate_lora(self.lora, self.train)  # LoRA vs freeze switches, before any model loads
+            if self.distributed.expert_parallel > 1 and "experts" in self.lora.targets:
+                raise ValueError("lora.targets 'experts' cannot be combined with "
+                                 "distributed.expert_parallel > 1 (AutoEP replaces the expert "
+                                 "modules the adapters wrap): drop 'experts' or set "
+                                 "distributed.expert_parallel=1")
