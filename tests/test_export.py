@@ -73,6 +73,9 @@ def test_dense_lora_attention_mlp_merged(tiny, processor, tmp_path):
     with peft_model.disable_adapter():
         base_logits = sample_outputs(peft_model, processor).logits
     assert (reference.logits - base_logits).abs().max() > 0.1  # the adapter matters
+    # ZeRO-3 + LoRA checkpoints also hold deepspeed/; the gathered adapter is what counts.
+    (run / "checkpoint-2/deepspeed/state").mkdir(parents=True)
+    (run / "checkpoint-2/deepspeed/latest").write_text("state")
 
     diff = export(run / "checkpoint-2", tmp_path / "export")
     assert diff <= 1e-5
@@ -148,6 +151,9 @@ def test_zero3_full_finetune_consolidated_by_cli(tiny, processor, tmp_path):
     base, trained = tensors(tiny["dense"]), tensors(out)
     assert trained.keys() == base.keys()
     assert max((trained[k] - base[k]).abs().max() for k in base) > 1e-3  # it trained
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == json.loads(
+        (tiny["dense"] / "generation_config.json").read_text())["eos_token_id"]
 
 
 def test_zero3_autoep_experts_consolidated(tiny, processor, tmp_path):
@@ -177,6 +183,12 @@ def test_not_a_checkpoint_fails_naming_path_and_expectation(tmp_path, capsys):
         export(tmp_path / "run/checkpoint-5", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="missing: no such folder"):
         export(tmp_path / "missing", tmp_path / "out")
+    moved = tmp_path / "moved/checkpoint-1"  # its base was moved away after training
+    (moved / "model").mkdir(parents=True)
+    (moved / "model/adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (moved / "train_config.json").write_text(json.dumps({"model": {"path": "outputs/models/gone"}}))
+    with pytest.raises(FileNotFoundError, match="base model outputs/models/gone .* pass --base DIR"):
+        export(moved, tmp_path / "out")
     assert main([str(folder), "--out", str(tmp_path / "out")]) == 2
     assert f"{folder}: not a training checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

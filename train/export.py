@@ -84,7 +84,8 @@ def resolve_source(path: str | Path, base: str | None = None) -> Source:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder; expected {EXPECTED}")
     if not (path / "model").is_dir() and not (path / "deepspeed").is_dir() \
-            and not (path / "adapter_config.json").is_file() and not _is_model_folder(path):
+            and not (path / "adapter_config.json").is_file() and not _is_model_folder(path) \
+            and not _is_deepspeed_folder(path):
         # An output_dir: take its final/ folder, else its latest checkpoint.
         from train.checkpoint import list_checkpoints
 
@@ -104,6 +105,7 @@ def resolve_source(path: str | Path, base: str | None = None) -> Source:
         if not base:
             raise ValueError(f"{adapter}: the adapter names no base model and no run config was "
                              f"found beside it; pass the base model (--base DIR)")
+        _check_base(base, adapter)
         return Source("lora", adapter, base, _processor_folder(path, base), dtype)
     model_dir = next((p for p in (path / "model", path) if _is_model_folder(p)), None)
     if model_dir is not None:
@@ -114,10 +116,19 @@ def resolve_source(path: str | Path, base: str | None = None) -> Source:
         if not base:
             raise ValueError(f"{path}: ZeRO-3 shards need the base model's architecture and no run "
                              f"config (train_config.json) was found beside them; pass --base DIR")
+        _check_base(base, ds_dir)
         return Source("zero3", ds_dir, base, _processor_folder(path, base), dtype)
     raise ValueError(f"{path}: not a training checkpoint (model/ holds neither an "
                      f"adapter_config.json nor config.json + *.safetensors, and deepspeed/ holds no "
                      f"ZeRO shards); expected {EXPECTED}")
+
+
+def _check_base(base: str, weights: Path) -> None:
+    """A base given as a local path must still be there (a hub id has exactly one '/')."""
+    looks_local = base.startswith(("/", ".", "~")) or base.count("/") != 1
+    if looks_local and not Path(base).expanduser().is_dir():
+        raise FileNotFoundError(f"base model {base} of {weights} not found (a relative path is "
+                                f"relative to where training ran); pass --base DIR")
 
 
 def _processor_folder(path: Path, base: str) -> str:
@@ -200,10 +211,21 @@ def load_training_model(source: Source):
         return PeftModel.from_pretrained(model, str(source.weights)).eval()
     if source.kind == "full":
         return AutoModelForImageTextToText.from_pretrained(str(source.weights), dtype=dtype).eval()
-    return consolidate_zero3(source.weights, AutoConfig.from_pretrained(source.base)).eval()
+    return consolidate_zero3(source.weights, AutoConfig.from_pretrained(source.base),
+                             _generation_config(source.base)).eval()
 
 
-def consolidate_zero3(ds_dir: Path, config):
+def _generation_config(path: str):
+    """The base's generation_config.json (eos ids, defaults), if it has one."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def consolidate_zero3(ds_dir: Path, config, generation_config=None):
     """The full model from DeepSpeed ZeRO-3 shards, in the architecture ``config`` names, float32
     (the optimizer's master weights).
 
@@ -225,6 +247,8 @@ def consolidate_zero3(ds_dir: Path, config):
     model_class = getattr(transformers, config.architectures[0])
     model, info = model_class.from_pretrained(None, config=config, state_dict=state,
                                               dtype=torch.float32, output_loading_info=True)
+    if generation_config is not None:
+        model.generation_config = generation_config
     if info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]:
         raise ValueError(f"{ds_dir}: the ZeRO-3 shards do not match {config.architectures[0]} "
                          f"(missing {sorted(info['missing_keys'])[:3]}, unexpected "
