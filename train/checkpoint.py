@@ -67,12 +67,12 @@ def _save_weights(engine, folder: Path, dist: DistInfo) -> None:
     if not is_peft:
         return  # full weights stay in the DeepSpeed shards
     import deepspeed
-    from peft import get_peft_model_state_dict
 
     trainable = [p for p in module.parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
         if dist.is_main:
-            state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module).items()}
+            # peft picks the adapter's entries; the frozen base weights here are empty shards.
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             module.save_pretrained(str(folder / "model"), state_dict=state)
 
 

@@ -212,3 +212,37 @@ class DeepSpeedEngine:
                                              load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{folder / 'deepspeed'}: no DeepSpeed state to resume from")
+
+
+class VisionKeepAlive:
+    """Runs the vision tower on a blank 2x2-patch image in micro-batches without images/videos.
+
+    ZeRO-3 gathers each module's weights collectively and DDP / ZeRO-2 reduce gradients in
+    buckets, so every rank must run the same modules, in the same order, in every micro-step:
+    a text-only batch on one rank and an image batch on another hangs or crashes the job. The
+    model's own image path runs the token embedding, then the vision tower, then the decoder;
+    a forward hook on the token embedding replays that order and ties the blank image's
+    features into the graph with weight zero (gradients zero, results unchanged).
+    """
+
+    def __init__(self, model):
+        self.model, self.armed = model, False
+        vision = model.config.vision_config
+        self.merge = vision.spatial_merge_size
+        self.patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+        model.get_input_embeddings().register_forward_hook(self._hook)
+
+    def arm(self, batch: dict) -> None:
+        """Call before each training forward."""
+        self.armed = "pixel_values" not in batch and "pixel_values_videos" not in batch
+
+    def _hook(self, module, args, output):
+        if not self.armed:
+            return None
+        self.armed = False
+        m = self.merge
+        grid = torch.tensor([[1, m, m]], device=output.device)
+        blank = torch.zeros(m * m, self.patch_dim, dtype=output.dtype, device=output.device)
+        features = self.model.get_image_features(blank, grid)
+        tensors = list(features.pooler_output) + [t for f in features.deepstack_features for t in f]
+        return output + 0.0 * sum(t.sum() for t in tensors).to(output.dtype)
