@@ -119,14 +119,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def zero3_run(model: Path, out: Path, *args) -> Path:
-    """2-process gloo ZeRO-3 run (tests/helpers/zero3_checkpoint.py) -> its output_dir."""
+def two_processes(script: str, *args) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(ROOT / "tests/helpers/zero3_checkpoint.py"),
-           "--model", str(model), "--out", str(out), *args]
+           "--master_port", str(free_port()), str(ROOT / "tests/helpers" / script), *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def zero3_run(model: Path, out: Path, *args) -> Path:
+    """2-process gloo ZeRO-3 training run -> its output_dir (see the helper's docstring)."""
+    two_processes("zero3_checkpoint.py", "--model", model, "--out", out, *args)
     return out
 
 
@@ -135,17 +138,16 @@ def live_reference(run: Path) -> SampleOutputs:
     return SampleOutputs(saved["logits"], saved["generated"])
 
 
-def test_zero3_full_finetune_consolidated_by_cli(tiny, processor, tmp_path):
+def test_zero3_full_finetune_consolidated_by_cli(tiny, processor, tmp_path, capsys):
+    from train.export_cli import main
+
     run = zero3_run(tiny["dense"], tmp_path / "run")
     out = tmp_path / "export"
-    proc = subprocess.run([sys.executable, "-m", "train.export", str(run / "checkpoint-3"),
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    figure = [line for line in proc.stdout.splitlines()
-              if line.startswith("export_logits_max_abs_diff=")]
-    assert figure and float(figure[0].split("=")[1]) <= 1e-5, proc.stdout
-    assert "export_generation_equal=true" in proc.stdout
+    assert main([str(run / "checkpoint-3"), "--out", str(out)]) == 0  # python -m train.export
+    printed = capsys.readouterr().out
+    figure = [line for line in printed.splitlines() if line.startswith("export_logits_max_abs_diff=")]
+    assert figure and float(figure[0].split("=")[1]) <= 1e-5, printed
+    assert "export_generation_equal=true" in printed
     # The live, still-sharded model at the end of training is the reference.
     assert_reproduces(out, live_reference(run), processor)
     base, trained = tensors(tiny["dense"]), tensors(out)
@@ -168,6 +170,11 @@ def test_zero3_autoep_experts_consolidated(tiny, processor, tmp_path):
         assert trained[k].shape == base[k].shape, k  # experts in the hub layout, as the base
         moved = (trained[k] - base[k]).abs().max() > 0
         assert moved == (not k.startswith("model.visual")), k  # frozen stays, the rest trained
+    # Reloaded under ZeRO-3 zero.Init, where a non-hub expert layout fails (STACK-NOTES pitfall 3).
+    two_processes("zero3_reload.py", tmp_path / "export", tmp_path / "reloaded.pt")
+    reloaded, live = torch.load(tmp_path / "reloaded.pt"), live_reference(run)
+    assert (reloaded["logits"] - live.logits).abs().max() <= 1e-5
+    assert reloaded["generated"] == live.generated
 
 
 def test_not_a_checkpoint_fails_naming_path_and_expectation(tmp_path, capsys):
