@@ -86,6 +86,10 @@ def test_dense_lora_attention_mlp_merged(tiny, processor, tmp_path):
 
     assert AutoProcessor.from_pretrained(str(tmp_path / "export")).tokenizer.vocab_size > 0
 
+    with pytest.raises(ValueError, match="holds the input"):  # --overwrite must not delete it
+        export(run / "checkpoint-2", run, overwrite=True)
+    assert (run / "checkpoint-2/model/adapter_config.json").is_file()
+
     export(run, tmp_path / "bf16", dtype="bfloat16", verify=False)  # a run folder: latest ckpt
     assert {t.dtype for t in tensors(tmp_path / "bf16").values()} == {torch.bfloat16}
     assert json.loads((tmp_path / "bf16/config.json").read_text())["dtype"] == "bfloat16"
@@ -111,6 +115,26 @@ def test_moe_expert_lora_merged_in_hub_layout(tiny, processor, tmp_path):
         for name in ("gate_up_proj", "down_proj"):
             delta = (merged[prefix + name] - base[prefix + name]).flatten(1).abs().amax(1)
             assert (delta > 1e-4).all(), (name, delta)
+
+
+def test_full_finetune_moe_folder_rewritten_in_hub_layout(tiny, processor, tmp_path):
+    """Full fine-tuning without ZeRO-3 saves model/ with save_pretrained, experts in
+    transformers' in-memory layout (E, 2I, H), which does not load under ZeRO-3; the export
+    stores the hub layout and the same model."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny["moe"]))
+    with torch.no_grad():
+        model.model.language_model.layers[0].mlp.experts.gate_up_proj.mul_(1.5)
+    ckpt = tmp_path / "run/checkpoint-1"
+    model.save_pretrained(str(ckpt / "model"))
+    (ckpt / "train_config.json").write_text(json.dumps({"model": {"path": str(tiny["moe"])}}))
+    gate_up = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+    assert tensors(ckpt / "model")[gate_up].shape == (8, 96, 64)
+
+    assert export(ckpt, tmp_path / "export") <= 1e-5
+    assert tensors(tmp_path / "export")[gate_up].shape == (8, 64, 96)
+    assert_reproduces(tmp_path / "export", sample_outputs(model, processor), processor)
 
 
 def free_port() -> int:

@@ -211,8 +211,9 @@ def load_training_model(source: Source):
         return PeftModel.from_pretrained(model, str(source.weights)).eval()
     if source.kind == "full":
         return AutoModelForImageTextToText.from_pretrained(str(source.weights), dtype=dtype).eval()
-    return consolidate_zero3(source.weights, AutoConfig.from_pretrained(source.base),
-                             _generation_config(source.base)).eval()
+    model = consolidate_zero3(source.weights, AutoConfig.from_pretrained(source.base),
+                              _generation_config(source.base))
+    return model.to(dtype).eval()  # as the engine held them (bf16 runs: rounded fp32 masters)
 
 
 def _generation_config(path: str):
@@ -365,13 +366,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
     out_dir = Path(out_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
-    if out_dir.resolve() in (Path(checkpoint).resolve(), source.weights.resolve()):
-        raise ValueError(f"--out {out_dir} is the checkpoint itself; choose a new folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or "
-                                  f"pass overwrite=True (--overwrite)")
-        shutil.rmtree(out_dir)
+    _prepare_out_dir(out_dir, source, Path(checkpoint), overwrite)
     print(f"[export] {source.kind}: {source.weights}" + (f" on {source.base}" if source.base else ""),
           flush=True)
 
@@ -383,6 +378,21 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
     save_plain(model, out_dir, processor, dtype or source.dtype)
     del model
     return verify_export(reference, out_dir, processor) if verify else None
+
+
+def _prepare_out_dir(out_dir: Path, source: Source, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds or is any input; empty it only when asked to."""
+    inputs = [checkpoint, source.weights, Path(source.processor)] + \
+        ([Path(source.base)] if source.base and Path(source.base).is_dir() else [])
+    target = out_dir.resolve()
+    for p in inputs:
+        if target == p.resolve() or target in p.resolve().parents:
+            raise ValueError(f"--out {out_dir} holds the input {p}; choose a new folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or "
+                                  f"pass overwrite=True (--overwrite)")
+        shutil.rmtree(out_dir)
 
 
 def save_plain(model, out_dir: Path, processor, dtype: str) -> None:
