@@ -136,6 +136,19 @@ def test_full_finetune_moe_folder_rewritten_in_hub_layout(tiny, processor, tmp_p
     assert tensors(tmp_path / "export")[gate_up].shape == (8, 64, 96)
     assert_reproduces(tmp_path / "export", sample_outputs(model, processor), processor)
 
+    # A folder saved with AutoEP's layer names (one rank's experts) would load with random
+    # experts; it is refused instead.
+    from safetensors.torch import save_file
+
+    weights = tensors(ckpt / "model")
+    weights[gate_up.replace("gate_up_proj", "w1")] = weights.pop(gate_up)[:4, :48].contiguous()
+    for shard in (ckpt / "model").glob("*.safetensors"):
+        shard.unlink()
+    save_file(weights, str(ckpt / "model/model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"do not match .*missing \['model.language_model.layers"
+                                         r".0.mlp.experts.gate_up_proj'\].*AutoEP"):
+        export(ckpt, tmp_path / "export2")
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -207,13 +207,33 @@ def load_training_model(source: Source):
     if source.kind == "lora":
         from peft import PeftModel
 
-        model = AutoModelForImageTextToText.from_pretrained(source.base, dtype=dtype)
+        model = _load_complete(source.base, dtype)
         return PeftModel.from_pretrained(model, str(source.weights)).eval()
     if source.kind == "full":
-        return AutoModelForImageTextToText.from_pretrained(str(source.weights), dtype=dtype).eval()
+        return _load_complete(str(source.weights), dtype).eval()
     model = consolidate_zero3(source.weights, AutoConfig.from_pretrained(source.base),
                               _generation_config(source.base))
     return model.to(dtype).eval()  # as the engine held them (bf16 runs: rounded fp32 masters)
+
+
+def _load_complete(path: str, dtype):
+    """from_pretrained that refuses a folder whose weights do not fill the architecture (plain
+    from_pretrained would initialise the missing ones at random and export them)."""
+    from transformers import AutoModelForImageTextToText
+
+    model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
+                                                              output_loading_info=True)
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    mismatched = sorted(info["mismatched_keys"])
+    if missing or unexpected or mismatched:
+        hint = ("it holds DeepSpeed AutoEP expert names (one rank's experts); export the "
+                "checkpoint-N folder, whose deepspeed/ shards hold every expert"
+                if any(".experts.w1" in k or ".router.gate." in k for k in unexpected) else
+                "it was not saved from this architecture")
+        raise ValueError(f"{path}: its weights do not match {type(model).__name__}: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}, mismatched "
+                         f"{mismatched[:3]}; {hint}")
+    return model
 
 
 def _generation_config(path: str):
