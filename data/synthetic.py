@@ -131,6 +131,24 @@ def generate(out_dir: str | Path, train_per_task: int = 1000, eval_per_task: int
             "eval": write_split(out_dir, "eval", eval_per_task, seed + 1)}
 
 
+def write_mixed_modality(train_json: str | Path, out_path: str | Path, n_images: int = 12) -> Path:
+    """The first ``n_images`` samples of a ``generate`` split interleaved with as many text-only
+    ones (absolute image paths), so data-parallel ranks regularly hold different modalities in
+    the same step - the case ZeRO-3 must survive."""
+    import json
+
+    train_json = Path(train_json)
+    rows = json.loads(train_json.read_text())[:n_images]
+    for r in rows:
+        r["image"] = str(train_json.parent / r["image"])
+    text = [{"id": f"text-{i}", "conversations": [{"from": "human", "value": f"Say {i} twice."},
+                                                  {"from": "gpt", "value": f"{i} {i}"}]}
+            for i in range(len(rows))]
+    out_path = Path(out_path)
+    out_path.write_text(json.dumps([x for pair in zip(rows, text) for x in pair]))
+    return out_path
+
+
 def write_grey_video(path, n_frames: int, fps: float = 10, codec: str = "mpeg4", width: int = 64,
                      height: int = 48, level_step: int = 8, gop: int | None = None) -> Path:
     """A video whose frame i is a flat grey of level ``level_step * i`` (mod 256), so a

@@ -21,17 +21,9 @@ CONFIG = ROOT / "configs/demo/train_lora.yaml"
 
 @pytest.fixture(scope="module")
 def mixed(corpus, tmp_path_factory) -> Path:
-    """Image samples of the synthetic corpus interleaved with as many text-only ones."""
-    rows = json.loads(Path(corpus["train"]).read_text())[:12]
-    base = Path(corpus["train"]).parent
-    for r in rows:
-        r["image"] = str(base / r["image"])
-    text = [{"id": f"text-{i}", "conversations": [{"from": "human", "value": f"Say {i} twice."},
-                                                  {"from": "gpt", "value": f"{i} {i}"}]}
-            for i in range(len(rows))]
-    path = tmp_path_factory.mktemp("mixed") / "mixed.json"
-    path.write_text(json.dumps([x for pair in zip(rows, text) for x in pair]))
-    return path
+    from data.synthetic import write_mixed_modality
+
+    return write_mixed_modality(corpus["train"], tmp_path_factory.mktemp("mixed") / "mixed.json")
 
 
 def launch(model: Path, data: Path, out: Path, *overrides, env: dict | None = None, check=True,
@@ -66,6 +58,14 @@ def assert_same_losses(a: dict, b: dict, tol: float = 1e-5) -> None:
     assert diff < tol, (diff, a, b)
 
 
+def assert_reloads_complete(folder: Path) -> None:
+    """final/ of a ZeRO-3 full fine-tune loads with plain transformers, every weight present."""
+    from transformers import AutoModelForImageTextToText
+
+    _, info = AutoModelForImageTextToText.from_pretrained(str(folder), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
 def test_zero3_lora_dense_mixed_modality_equals_ddp(tiny, mixed, tmp_path):
     ddp, z3 = tmp_path / "ddp", tmp_path / "z3"
     launch(tiny["dense"], mixed, ddp)
@@ -94,10 +94,7 @@ def test_zero3_full_sigkill_resume_and_zero2_match(tiny, mixed, tmp_path):
     assert_same_losses(losses(full), losses(killed))
     launch(tiny["dense"], mixed, z2, "distributed.deepspeed=zero2", *common)
     assert_same_losses(losses(full), losses(z2), tol=1e-4)
-    # The full model gathered from ZeRO-3 shards reloads with plain transformers.
-    from transformers import AutoModelForImageTextToText
-
-    AutoModelForImageTextToText.from_pretrained(str(full / "final"))
+    assert_reloads_complete(full / "final")
 
 
 def test_zero3_moe_expert_parallel_equals_no_ep(tiny, mixed, tmp_path):
@@ -110,6 +107,7 @@ def test_zero3_moe_expert_parallel_equals_no_ep(tiny, mixed, tmp_path):
         assert f"[ep] rank {rank} holds [4] of 8 experts in each of 2 MoE layers" in proc.stdout
     row = json.loads((ep / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["moe/aux_loss"] > 0 and "moe/load_max_over_mean/worst" in row
+    assert_reloads_complete(ep / "final")  # AutoEP shards put back into the HF experts
 
 
 def test_zero3_offload_lora_moe_under_the_deepspeed_launcher(tiny, mixed, tmp_path):

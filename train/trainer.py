@@ -257,36 +257,43 @@ def train(cfg: Config) -> Path:
                                  float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
             loss_since_save = []
 
-    ckpt.save_checkpoint(out, cfg.train.max_steps, engine, dist, cfg.train.keep_last,
-                         cfg.train.keep_best,
-                         float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
+    last = ckpt.save_checkpoint(out, cfg.train.max_steps, engine, dist, cfg.train.keep_last,
+                                cfg.train.keep_best,
+                                float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
     final = out / "final"
-    save_final(engine, processor, final, dist)
+    save_final(engine, processor, final, last, dist)
     barrier()
     log.close()
     return final
 
 
-def save_final(engine, processor, final: Path, dist: DistInfo) -> None:
-    """final/: what eval loads - the adapter, or the full model (gathered from ZeRO-3 shards)."""
+def save_final(engine, processor, final: Path, last_checkpoint: Path, dist: DistInfo) -> None:
+    """final/: what eval loads - the adapter, or the full model. Full weights under ZeRO-3 exist
+    only as shards (under AutoEP, with experts renamed and split over ranks), so rank 0 builds
+    them with the exporter from the last checkpoint, in the hub layout plain transformers reads."""
     module = ckpt.unwrap(engine.module)
     is_peft = hasattr(module, "peft_config")
+    if engine.zero3 and not is_peft:
+        barrier()
+        if dist.is_main:
+            from train.export import export
+
+            export(last_checkpoint, final, verify=False, overwrite=True)
+        return
     if engine.zero3:
         import deepspeed
 
-        params = [p for p in module.parameters() if p.requires_grad] if is_peft else list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            if dist.is_main and is_peft:
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+            if dist.is_main:
                 # peft picks the adapter's entries; the frozen base weights here are empty shards.
                 state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
                 module.save_pretrained(str(final), state_dict=state)
-            elif dist.is_main:
-                module.save_pretrained(str(final))
     elif dist.is_main:
         module.save_pretrained(str(final))
-    if dist.is_main:
         if not is_peft and module.config.model_type == "qwen3_vl_moe":
             from train.debug_models import write_experts_in_hub_layout
 
             write_experts_in_hub_layout(final)  # the hub layout loads under ZeRO-3 / EP too
+    if dist.is_main:
         processor.save_pretrained(str(final))
