@@ -274,6 +274,12 @@ def save_final(engine, processor, final: Path, last_checkpoint: Path, dist: Dist
     module = ckpt.unwrap(engine.module)
     is_peft = hasattr(module, "peft_config")
     if engine.zero3 and not is_peft:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        # The exporter loads a plain model on rank 0 alone: with transformers still in ZeRO-3
+        # mode, that load would partition it collectively and wait for the other ranks forever.
+        engine.hf_deepspeed_config = None
+        unset_hf_deepspeed_config()
         barrier()
         if dist.is_main:
             from train.export import export
