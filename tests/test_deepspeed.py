@@ -123,3 +123,13 @@ def test_expert_parallel_on_dense_model_fails_at_start(tiny, mixed, tmp_path):
                   "distributed.expert_parallel=2", check=False)
     assert proc.returncode != 0
     assert "dense model (no experts): set distributed.expert_parallel=1" in proc.stdout + proc.stderr
+
+
+def test_zero3_nan_step_is_skipped_on_every_rank(tiny, mixed, tmp_path):
+    out = tmp_path / "nan"
+    proc = launch(tiny["dense"], mixed, out, "distributed.deepspeed=zero3", "train.max_steps=3",
+                  env={"QWEN3VL_INJECT_NAN_STEPS": "2"})  # NaN on rank 1 only; both must skip
+    assert "step 2: non-finite loss; step skipped" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["loss"] is None and rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]
+    assert rows[2]["loss"] > 0 and rows[2]["nan_steps_skipped"] == 1

@@ -37,12 +37,46 @@ def lr_lambda(cfg):
     return factor
 
 
-def build_scheduler(optimizer, cfg):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+class SkippingAdamW(torch.optim.AdamW):
+    """AdamW that refuses a step the loop marked bad (``skip_next``, set for every step) or
+    whose gradients are not finite. The one place a step can be skipped whole under both
+    engines: DeepSpeed calls this ``step()`` on its fp32 partitions (once per ZeRO-3 sub-group)
+    after clipping. Ranks agree without talking: ``skip_next`` comes from an all-reduced flag,
+    and a non-finite gradient anywhere makes the global clipping norm, hence every clipped
+    gradient on every rank, non-finite too (DDP gradients are identical on all ranks anyway)."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.skip_next = False
+        self.last_skipped = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.last_skipped = self.skip_next or any(
+            p.grad is not None and not torch.isfinite(p.grad).all()
+            for g in self.param_groups for p in g["params"])
+        return None if self.last_skipped else super().step(closure)
 
 
-def build_optimizer(param_groups, cfg):
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+class GatedLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """The schedule stays where it is when the optimizer skipped its step."""
+
+    def __init__(self, optimizer, lr_fn, gate: SkippingAdamW | None):
+        self.gate = gate
+        super().__init__(optimizer, lr_fn)
+
+    def step(self, *args, **kwargs):
+        if self.gate is not None and self.gate.last_skipped:
+            return
+        super().step(*args, **kwargs)
+
+
+def build_scheduler(optimizer, cfg, gate: SkippingAdamW | None = None):
+    return GatedLambdaLR(optimizer, lr_lambda(cfg), gate)
+
+
+def build_optimizer(param_groups, cfg) -> SkippingAdamW:
+    return SkippingAdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class TorchEngine:
@@ -50,6 +84,8 @@ class TorchEngine:
     whole: gradients are dropped and neither the optimizer nor the schedule moves."""
 
     restores_weights = False  # its state files hold the optimizer only; weights are in model/
+    backward_every_micro_batch = False  # a bad micro-batch's backward is simply not run
+    can_skip = True
 
     def __init__(self, model, param_groups, cfg, dist: DistInfo, find_unused: bool):
         self.module, self.dist = model, dist
@@ -60,7 +96,7 @@ class TorchEngine:
                 find_unused_parameters=find_unused)
         self.params = [p for g in param_groups for p in g["params"]]
         self.optimizer = build_optimizer(param_groups, cfg.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, gate=self.optimizer)
         self.max_grad_norm = cfg.train.max_grad_norm
 
     def micro_step(self, last: bool):
@@ -74,19 +110,16 @@ class TorchEngine:
     def backward(self, loss) -> None:
         loss.backward()
 
-    def micro_done(self) -> None:
+    def micro_done(self, last: bool, skip: bool) -> None:
         pass
 
     def finish_step(self, skip: bool) -> tuple[float, bool]:
-        grad_norm = float("nan")
-        if not skip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
-        applied = not skip and math.isfinite(grad_norm)
-        if applied:
-            self.optimizer.step()
-            self.scheduler.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
+        self.optimizer.skip_next = skip
+        self.optimizer.step()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, applied
+        return grad_norm, not self.optimizer.last_skipped
 
     def lrs(self) -> dict[str, float]:
         return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
@@ -142,6 +175,9 @@ def deepspeed_config(cfg, dist: DistInfo, model_config) -> dict:
                 params[key] = value
         if dist.device.type == "cpu":
             params["torch_adam"] = True  # no JIT-built fused/CPU Adam on a CPU-only machine
+    else:
+        # Ours is torch's AdamW plus a skip gate; DeepSpeed's allow-list checks the exact class.
+        ds.setdefault("zero_allow_untested_optimizer", True)
     zero = ds.setdefault("zero_optimization", {})
     hidden = getattr(getattr(model_config, "text_config", model_config), "hidden_size", 1024)
     for key, value in (("reduce_bucket_size", hidden * hidden),
@@ -163,22 +199,32 @@ def deepspeed_config(cfg, dist: DistInfo, model_config) -> dict:
 class DeepSpeedEngine:
     """ZeRO-2/3 (optionally offloaded, optionally with AutoEP experts) through ``deepspeed.initialize``.
 
-    Non-finite losses are caught before backward (all ranks agree, as ZeRO needs), and those
-    micro-batches are left out; DeepSpeed owns the optimizer step, so a step whose gradient
-    norm comes out non-finite has already been applied, and the loop stops on it."""
+    ZeRO wants a backward in every micro-step, so a non-finite micro-batch still runs backward;
+    the step is dropped by our ``SkippingAdamW``, which DeepSpeed calls on its fp32 partitions
+    (and zeroes the gradients after). A DeepSpeed-built optimizer (an ``optimizer`` section in
+    the JSON, e.g. its CPU Adam) cannot be told to skip: such a step stops the run instead."""
 
     restores_weights = True  # deepspeed/ holds the (sharded) weights too
+    backward_every_micro_batch = True
 
     def __init__(self, model, param_groups, cfg, dist: DistInfo, ds_config: dict):
         import deepspeed
 
-        self.dist, self.ds_config = dist, ds_config
-        client_optimizer = None if "optimizer" in ds_config else \
-            (lambda params: build_optimizer(params, cfg.train))
+        self.dist, self.ds_config, self.gate = dist, ds_config, None
+
+        def client_optimizer(params):
+            self.gate = build_optimizer(params, cfg.train)
+            return self.gate
+
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=param_groups, optimizer=client_optimizer,
-            lr_scheduler=lambda opt: build_scheduler(opt, cfg.train), config=ds_config)
+            model=model, model_parameters=param_groups,
+            optimizer=None if "optimizer" in ds_config else client_optimizer,
+            lr_scheduler=lambda opt: build_scheduler(opt, cfg.train, gate=self.gate), config=ds_config)
         self.module = self.model.module
+
+    @property
+    def can_skip(self) -> bool:
+        return self.gate is not None
 
     @property
     def zero3(self) -> bool:
@@ -193,13 +239,17 @@ class DeepSpeedEngine:
     def backward(self, loss) -> None:
         self.model.backward(loss, scale_wrt_gas=False)
 
-    def micro_done(self) -> None:
+    def micro_done(self, last: bool, skip: bool) -> None:
+        if last and self.gate is not None:
+            self.gate.skip_next, self.gate.last_skipped = skip, False
         self.model.step()  # an optimizer step only at the accumulation boundary
 
     def finish_step(self, skip: bool) -> tuple[float, bool]:
         norm = self.model.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
-        return norm, True
+        # DeepSpeed itself also skips a step whose gradients are non-finite ("OVERFLOW!").
+        applied = self.model.was_step_applied() and not (self.gate is not None and self.gate.last_skipped)
+        return norm, applied
 
     def lrs(self) -> dict[str, float]:
         return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}

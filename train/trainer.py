@@ -184,9 +184,10 @@ def train(cfg: Config) -> Path:
             batch = {k: v.to(dist.device) for k, v in batch.items()}
             tokens += real_tokens(batch)
             visual += sum(d["visual_tokens"] for d in described)
-            if non_finite and not isinstance(engine, DeepSpeedEngine):
+            last = i == len(micro_batches) - 1
+            if non_finite and not engine.backward_every_micro_batch:
                 continue  # the step is dropped anyway
-            with engine.micro_step(last=i == len(micro_batches) - 1):
+            with engine.micro_step(last):
                 try:
                     if keepalive is not None:
                         keepalive.arm(batch)
@@ -203,17 +204,23 @@ def train(cfg: Config) -> Path:
                         loss = loss * float("nan")
                     # Every rank must take the same branch (ZeRO and DDP communicate in backward).
                     bad_here = all_reduce_sum([float(not torch.isfinite(loss).item())], dist.device)[0] > 0
-                    if not bad_here:
-                        engine.backward(loss)
-                        loss_sum += lm_loss.item() / dist.world_size
+                    if bad_here and not engine.can_skip:
+                        raise FloatingPointError(
+                            f"[train] step {step + 1}: non-finite loss, and the DeepSpeed-built "
+                            f"optimizer cannot skip a step; remove the 'optimizer' section from "
+                            f"the DeepSpeed JSON (ours skips) or resume with a lower train.lr")
                     non_finite |= bad_here
+                    if not bad_here:
+                        loss_sum += lm_loss.item() / dist.world_size
+                    if not bad_here or engine.backward_every_micro_batch:
+                        engine.backward(loss)  # the optimizer drops a step marked non-finite
                 except torch.cuda.OutOfMemoryError as e:
                     raise RuntimeError(
                         f"out of GPU memory at step {step + 1}, micro-batch {i + 1} on rank "
                         f"{dist.rank}; the batch holds {describe_batch(described)}. Lower "
                         f"data.max_seq_len, data.vision.max_pixels, train.batch_size or "
                         f"data.pack_tokens, or set model.gradient_checkpointing=true") from e
-            engine.micro_done()
+            engine.micro_done(last, skip=non_finite)
         if skipped:
             records = [BadSample(**r) for r in skipped]
             bad_log.write(records, stage="encode", step=step + 1)
@@ -225,10 +232,9 @@ def train(cfg: Config) -> Path:
             nan_in_a_row += 1
             where = "loss" if non_finite else "gradient norm"
             message = f"[train] step {step + 1}: non-finite {where}"
-            if cfg.train.on_nan == "stop" or nan_in_a_row >= cfg.train.max_nan_steps or \
-                    (applied and not non_finite):
+            if cfg.train.on_nan == "stop" or nan_in_a_row >= cfg.train.max_nan_steps or applied:
                 reason = ("train.on_nan=stop" if cfg.train.on_nan == "stop" else
-                          "the update was already applied by DeepSpeed" if applied and not non_finite
+                          "the update was already applied" if applied
                           else f"{nan_in_a_row} such steps in a row (train.max_nan_steps)")
                 raise FloatingPointError(f"{message}; stopping ({reason}). Resume from the last "
                                          f"checkpoint with a lower train.lr or check the data of "
