@@ -70,6 +70,14 @@ class GatedLambdaLR(torch.optim.lr_scheduler.LambdaLR):
             return
         super().step(*args, **kwargs)
 
+    def state_dict(self) -> dict:
+        return {k: v for k, v in super().state_dict().items() if k != "gate"}  # not the optimizer
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        gate = self.gate
+        super().load_state_dict(state_dict)
+        self.gate = gate
+
 
 def build_scheduler(optimizer, cfg, gate: SkippingAdamW | None = None):
     return GatedLambdaLR(optimizer, lr_lambda(cfg), gate)
