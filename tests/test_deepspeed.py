@@ -133,3 +133,15 @@ def test_zero3_nan_step_is_skipped_on_every_rank(tiny, mixed, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["loss"] is None and rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]
     assert rows[2]["loss"] > 0 and rows[2]["nan_steps_skipped"] == 1
+
+
+def test_zero3_moe_expert_lora_with_gradient_checkpointing_equals_without(tiny, mixed, tmp_path):
+    lora = ["distributed.deepspeed=zero3", "train.max_steps=3", "lora.modules_to_save=[]",
+            "lora.targets=[llm_attn, experts, vision, merger]"]
+    launch(tiny["moe"], mixed, tmp_path / "plain", *lora)
+    launch(tiny["moe"], mixed, tmp_path / "gc", *lora, "model.gradient_checkpointing=true")
+    assert_same_losses(losses(tmp_path / "plain"), losses(tmp_path / "gc"))
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "gc/final/adapter_model.safetensors"))
+    assert any("experts" in k for k in adapter) and all(v.numel() for v in adapter.values())
