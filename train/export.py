@@ -201,7 +201,7 @@ def verify_export(reference, export_dir: str | Path, processor=None) -> float:
 def load_training_model(source: Source):
     """The training-time model rebuilt from the checkpoint: base + unmerged adapter, the full
     model, or the consolidated ZeRO-3 weights in the base model's architecture."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig
 
     dtype = DTYPES[source.dtype]
     if source.kind == "lora":
