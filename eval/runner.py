@@ -90,19 +90,38 @@ def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) ->
     seconds = time.perf_counter() - t0
 
     scores, unparsed, failed = [], 0, 0
+    groups: dict[str, list[float]] = {}
     for s in samples:
         record = done[s.id]
         if "error" in record:
             failed += 1
-            scores.append(0.0)
-            continue
-        score, parsed = task.score(strip_thinking(record["prediction"]), s)
+            score = 0.0
+        else:
+            score, parsed = task.score(strip_thinking(record["prediction"]), s)
+            unparsed += not parsed
         scores.append(score)
-        unparsed += not parsed
-    return {"checkpoint": ck.name, "task": spec.name, "metric": task.metric,
-            "score": sum(scores) / len(scores), "n": len(scores), "unparsed": unparsed,
-            "failed": failed, "generated": len(todo), "seconds": round(seconds, 2),
-            "model": ck.path, "adapter": ck.adapter, "key": key}
+        for group in breakdown_keys(task, s):
+            groups.setdefault(group, []).append(score)
+    row = {"checkpoint": ck.name, "task": spec.name, "metric": task.metric,
+           "score": sum(scores) / len(scores), "n": len(scores), "unparsed": unparsed,
+           "failed": failed, "generated": len(todo), "seconds": round(seconds, 2),
+           "model": ck.path, "adapter": ck.adapter, "key": key}
+    if groups:
+        row["breakdown"] = {g: {"score": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())}
+    return row
+
+
+def breakdown_keys(task, sample) -> list[str]:
+    """Groups a sample counts in for per-category accuracy ("subject/Art", "skill/algebra"):
+    from the task's optional ``breakdown(sample) -> {kind: value or [values]}``."""
+    if not hasattr(task, "breakdown"):
+        return []
+    keys = []
+    for kind, values in task.breakdown(sample).items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value:
+                keys.append(f"{kind}/{value}")
+    return keys
 
 
 def evaluate(cfg: EvalConfig) -> list[dict]:
