@@ -24,6 +24,9 @@ class TaskSpec:
     name: str = ""  # a registered task, e.g. synthetic_vqa
     data: str = ""  # local data for the task
     image_root: str | None = None
+    split: str | None = None  # the dataset split, where the task reads a Hugging Face dataset
+    subset: str | None = None  # the dataset config (e.g. DocVQA), likewise
+    prompt: str | None = None  # the task's prompt template, where it takes one ({question})
     limit: int | None = None  # evaluate only the first N samples
     vision: dict = field(default_factory=dict)  # this task's overrides of the vision.* budget
 

@@ -1,0 +1,91 @@
+"""DocVQA: the published column layout loads, ANLS scores against every gold answer, and the
+harness runs it end to end with per-question-type breakdowns."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from data.configio import load_config
+from eval.config import EvalConfig, TaskSpec
+from eval.tasks import get_task
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def png(size) -> dict:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "white").save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def docvqa_folder(root):
+    """lmms-lab/DocVQA, config DocVQA: validation parquet with the published columns."""
+    from datasets import Dataset, Features, Image as HFImage, List, Value
+
+    features = Features({"questionId": Value("string"), "question": Value("string"),
+                         "question_types": List(Value("string")), "image": HFImage(),
+                         "docId": Value("int64"), "answers": List(Value("string")),
+                         "data_split": Value("string")})
+    rows = {"questionId": ["49153", "57349", "24580"],
+            "question": ["What is the ‘actual’ value per 1000, during the year 1975?",
+                         "What is the name of the company?", "Who is the memo addressed to?"],
+            "question_types": [["figure/diagram"], ["layout"], ["form", "layout"]],
+            "image": [png((96, 128)), png((128, 96)), png((64, 64))],
+            "docId": [14465, 9211, 2201],
+            "answers": [["0.28"], ["ITC Limited", "itc limited", "ITC"], ["Dr. Smith"]],
+            "data_split": ["val", "val", "val"]}
+    folder = root / "DocVQA"
+    folder.mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(str(folder / "validation-00000-of-00001.parquet"))
+    return folder
+
+
+def test_loads_the_published_layout_with_the_short_answer_prompt(tmp_path):
+    task = get_task("docvqa_val")
+    samples = task.load(TaskSpec(name="docvqa_val", data=str(docvqa_folder(tmp_path))))
+    assert [s.id for s in samples] == ["49153", "57349", "24580"]
+    text = samples[1].messages[0]["content"][-1]["text"]
+    assert text == "What is the name of the company?\nAnswer the question using a single word or phrase."
+    assert samples[1].meta["answers"] == ["ITC Limited", "itc limited", "ITC"]
+    assert task.breakdown(samples[2]) == {"question_type": ["form", "layout"]}
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("ITC Limited", 1.0),
+    ("itc  limited.", 1 - 1 / 12),          # case and spaces normalised; the full stop costs 1 edit
+    ("ITC", 1.0),                            # any gold answer counts
+    ("ITC Ltd", 1 - 4 / 11),                 # best over golds: "ITC Limited" at distance 4 of 11
+    ("Hindustan Lever", 0.0),                # below the 0.5 threshold
+    ("", 0.0),
+])
+def test_anls_against_all_gold_answers(tmp_path, prediction, expected):
+    task = get_task("docvqa_val")
+    sample = task.load(TaskSpec(name="docvqa_val", data=str(docvqa_folder(tmp_path))))[1]
+    score, parsed = task.score(prediction, sample)
+    assert score == pytest.approx(expected) and parsed == bool(prediction)
+
+
+def test_end_to_end_with_breakdowns(tmp_path, tiny):
+    from eval.runner import evaluate
+
+    folder = docvqa_folder(tmp_path)
+    cfg = load_config(EvalConfig, None, [
+        f"checkpoints=[{{name: base, path: {tiny['dense']}}}]", f"output_dir={tmp_path / 'out'}",
+        f"tasks=[{{name: docvqa_val, data: {folder}}}]", "progress=false",
+        "generation.max_new_tokens=4"])
+    row = evaluate(cfg)[0]
+    assert row["task"] == "docvqa_val" and row["metric"] == "anls" and row["n"] == 3
+    assert set(row["breakdown"]) == {"question_type/figure/diagram", "question_type/layout",
+                                     "question_type/form"}
+    assert row["breakdown"]["question_type/layout"]["n"] == 2
+    saved = json.loads((tmp_path / "out/results/base.json").read_text())
+    assert saved[0]["breakdown"] == row["breakdown"]
