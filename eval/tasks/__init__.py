@@ -7,9 +7,10 @@ A task is an object with ``name``, ``metric``, ``load(spec) -> list[Sample]`` an
 from __future__ import annotations
 
 from eval.tasks.docvqa import DOCVQA_TASKS
+from eval.tasks.grounding import GROUNDING_TASKS
 from eval.tasks.synthetic import SYNTHETIC_TASKS
 
-TASKS = {task.name: task for task in SYNTHETIC_TASKS + DOCVQA_TASKS}
+TASKS = {task.name: task for task in SYNTHETIC_TASKS + DOCVQA_TASKS + GROUNDING_TASKS}
 
 
 def get_task(name: str):

@@ -1,0 +1,91 @@
+"""RefCOCO (Acc@IoU>=0.5) and ScreenSpot (point in box) on fixtures in the published layouts:
+predictions in Qwen3-VL's relative [0, 1000) coordinates, first box only."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from data.boxes import box_to_relative, point_to_relative
+from eval.config import TaskSpec
+from eval.tasks import get_task
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def png(size) -> dict:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "white").save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+@pytest.fixture
+def refcoco(tmp_path):
+    """lmms-lab/RefCOCO testA: parquet shards plus the card naming the splits."""
+    from datasets import Dataset, Features, Image as HFImage, List, Value
+
+    features = Features({"question_id": Value("string"), "image": HFImage(),
+                         "question": Value("string"), "answer": List(Value("string")),
+                         "segmentation": List(Value("float32")), "bbox": List(Value("float32")),
+                         "iscrowd": Value("int8"), "file_name": Value("string")})
+    rows = {"question_id": ["q7"], "image": [png((400, 200))], "question": ["caption it"],
+            "answer": [["man on the left", "left guy"]], "segmentation": [[0.0] * 8],
+            "bbox": [[40, 20, 100, 160]], "iscrowd": [0], "file_name": ["COCO_1.jpg"]}
+    folder = tmp_path / "RefCOCO"
+    (folder / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(str(folder / "data/testA-00000-of-00001.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                      "  - split: testA\n    path: data/testA-*\n---\n")
+    return folder
+
+
+def test_refcoco_loads_one_sample_per_expression_and_scores_iou(refcoco):
+    task = get_task("refcoco_testA")
+    samples = task.load(TaskSpec(name="refcoco_testA", data=str(refcoco)))
+    assert [s.id for s in samples] == ["q7-0", "q7-1"]
+    assert "left guy" in samples[1].messages[0]["content"][-1]["text"]
+    gold = box_to_relative([40, 20, 140, 180], 400, 200)           # the gold box, relative
+    shifted = box_to_relative([60, 40, 160, 200], 400, 200)        # IoU about 0.54 with the gold box
+    far = box_to_relative([200, 20, 300, 180], 400, 200)
+    cases = [
+        (json.dumps([{"bbox_2d": gold, "label": "man"}]), (1.0, True)),
+        (f"```json\n{json.dumps([{'bbox_2d': shifted}])}\n```", (1.0, True)),
+        (f"{far}", (0.0, True)),                                    # a bare list, wrong place
+        (json.dumps([{"bbox_2d": far}, {"bbox_2d": gold}]), (0.0, True)),  # first box only
+        ("the man on the left", (0.0, False)),
+        # Pixel coordinates are not Qwen3-VL's convention: read as relative, they miss.
+        ("[40, 20, 140, 180]", (0.0, True)),
+    ]
+    for prediction, expected in cases:
+        assert task.score(prediction, samples[0]) == expected, prediction
+
+
+def test_screenspot_point_or_box_centre_in_the_element(tmp_path):
+    Image.new("RGB", (1000, 500), "white").save(tmp_path / "web_3.png")
+    records = [{"img_filename": "web_3.png", "bbox": [600, 100, 200, 50], "instruction": "Sign in",
+                "data_type": "text", "data_source": "shop"}]
+    (tmp_path / "screenspot_web.json").write_text(json.dumps(records))
+    task = get_task("screenspot_v2")
+    (sample,) = task.load(TaskSpec(name="screenspot_v2", data=str(tmp_path / "screenspot_web.json")))
+    inside, outside = point_to_relative([700, 125], 1000, 500), point_to_relative([500, 125], 1000, 500)
+    assert task.score(json.dumps([{"point_2d": inside}]), sample) == (1.0, True)
+    assert task.score(f"({outside[0]}, {outside[1]})", sample) == (0.0, True)
+    assert task.score(json.dumps([{"bbox_2d": box_to_relative([650, 110, 750, 140], 1000, 500)}]),
+                      sample) == (1.0, True)                       # a box: its centre counts
+    assert task.score("I would click Sign in", sample) == (0.0, False)
+    assert task.breakdown(sample) == {"type": "text", "source": "shop"}
+
+
+def test_a_bad_benchmark_row_fails_the_load_naming_it(tmp_path):
+    (tmp_path / "ss.json").write_text(json.dumps([{"img_filename": "gone.png", "bbox": [1, 2, 3, 4],
+                                                   "instruction": "x"}]))
+    with pytest.raises(Exception, match=r"ss.json.*gone.png"):
+        get_task("screenspot").load(TaskSpec(name="screenspot", data=str(tmp_path / "ss.json")))
