@@ -1,0 +1,190 @@
+"""MMMU (validation, 900 questions over 30 subjects): college-level multi-image questions.
+
+Loader: the published Hugging Face layout (``MMMU/MMMU``, one config per subject, split
+``validation``; columns ``id, question, options, explanation, image_1..image_7, img_type,
+answer, topic_difficulty, question_type, subfield``; ``options`` is a string holding a Python
+list; ids are ``validation_<Subject>_<n>``). ``TaskSpec.data`` is a local parquet file or folder
+(the hub download, ``<Subject>/validation-*.parquet``, reads as one split), a ``save_to_disk``
+folder, or the hub id (then every subject config is read, or only ``TaskSpec.subset``). Reading
+goes through ``data.hf_source.open_split``, so images stay lazy ``hfrow://`` references.
+
+Prompt: Qwen3-VL's evaluation style. The text is built with its ``<image n>`` tags, then split at
+them: each image goes where its tag first stands (in the question or in an option); a tag that
+repeats an image already shown stays as the text "<image n>" (the image is not sent twice).
+Images of the row that no tag names go before the text, in column order. A tag naming an empty
+image column fails the load, naming the row.
+
+Templates (``MC_PROMPT``, ``OPEN_PROMPT``) take ``{question}``, ``{options}`` (the lines
+"A. ...", empty for open questions) and ``{question_type}``. Override both with
+``TaskSpec.prompt`` (one template for every question), or each with a task of its own:
+``MMMUTask(name="mmmu_val_cot", mc_prompt=..., open_prompt=...)`` added to the registry.
+
+Score: ``scoring.py`` (no random guess when nothing parses). ``subject(sample)`` and
+``breakdown`` give per-subject accuracy.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+from data.config import SourceConfig
+from data.hf_source import open_split, template_fields
+from data.samples import DataError, Sample
+from eval.tasks.mmmu.scoring import LETTERS, gold_list, score_choice, score_open
+
+MC_PROMPT = ("Question: {question}\nOptions:\n{options}\n"
+             "Answer with the option's letter from the given choices directly.")
+OPEN_PROMPT = "Question: {question}\nAnswer the question using a single word or phrase."
+PLACEHOLDERS = {"question", "options", "question_type"}
+N_IMAGES = 7
+TAG = re.compile(r"<image (\d+)>")
+SUBJECTS = [
+    "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory",
+    "Basic_Medical_Science", "Biology", "Chemistry", "Clinical_Medicine", "Computer_Science",
+    "Design", "Diagnostics_and_Laboratory_Medicine", "Economics", "Electronics", "Energy_and_Power",
+    "Finance", "Geography", "History", "Literature", "Manage", "Marketing", "Materials", "Math",
+    "Mechanical_Engineering", "Music", "Pharmacy", "Physics", "Psychology", "Public_Health",
+    "Sociology",
+]
+
+
+def subject(sample) -> str:
+    """``validation_Art_Theory_12`` -> ``Art_Theory`` (subjects contain underscores)."""
+    return sample.meta["subject"]
+
+
+def subject_of_id(sample_id: str) -> str:
+    parts = sample_id.split("_")
+    if len(parts) < 3:
+        raise ValueError(f"id {sample_id!r} is not <split>_<Subject>_<n>")
+    return "_".join(parts[1:-1])
+
+
+def parse_options(value) -> list[str]:
+    if isinstance(value, list):
+        return [str(o) for o in value]
+    try:
+        options = ast.literal_eval(value) if value and value.strip() else []
+    except (ValueError, SyntaxError):
+        raise ValueError(f"options {str(value)[:80]!r} is not a Python list literal") from None
+    if not isinstance(options, list):
+        raise ValueError(f"options {str(value)[:80]!r} is not a list")
+    return [str(o) for o in options]
+
+
+@dataclass(frozen=True)
+class MMMUTask:
+    name: str = "mmmu_val"
+    metric: str = "accuracy"
+    split: str = "validation"
+    mc_prompt: str = MC_PROMPT
+    open_prompt: str = OPEN_PROMPT
+
+    def load(self, spec) -> list[Sample]:
+        templates = (spec.prompt, spec.prompt) if spec.prompt else (self.mc_prompt, self.open_prompt)
+        for template in templates:
+            unknown = template_fields(template) - PLACEHOLDERS
+            if unknown:
+                raise DataError(f"task {self.name}: prompt placeholder {{{sorted(unknown)[0]}}} is "
+                                f"not one of {{question}}, {{options}}, {{question_type}}")
+        split_name = spec.split or self.split
+        local = spec.data.startswith((".", "/", "~")) or _exists(spec.data)
+        subsets = [spec.subset] if spec.subset or local else SUBJECTS
+        samples = []
+        for subset in subsets:
+            cfg = SourceConfig(path=spec.data, format="hf_dataset", name=self.name,
+                               split=split_name, subset=subset, image_root=spec.image_root)
+            samples += self._read(open_split(cfg), templates, len(samples))
+        if not samples:
+            raise DataError(f"{spec.data}: no MMMU rows in split {split_name!r}")
+        return samples
+
+    def _read(self, split, templates, offset: int) -> list[Sample]:
+        missing = {"id", "question", "options", "answer", "question_type"} - set(split.columns)
+        if missing:
+            raise DataError(f"{split.where}: not the MMMU layout, missing column(s) "
+                            f"{', '.join(sorted(missing))}; columns: {', '.join(split.columns)}")
+        image_cols = [f"image_{k}" for k in range(1, N_IMAGES + 1) if f"image_{k}" in split.columns]
+        refs = {c: split.image_refs(c) for c in image_cols}
+        rows = split.text_rows([c for c in split.columns if c not in image_cols])
+        samples = []
+        for index, row in enumerate(rows):
+            images = {int(c.split("_")[1]): refs[c][index][0] for c in image_cols
+                      if refs[c][index]}
+            try:
+                samples.append(self._sample(row, images, templates, split.where, offset + index))
+            except ValueError as e:
+                raise DataError(f"{split.where}: row {index} (id {row.get('id')}): {e}. Fix the "
+                                f"row or drop it from the local copy.") from None
+        return samples
+
+    def _sample(self, row, images: dict[int, str], templates, where: str, index: int) -> Sample:
+        sample_id = str(row["id"])
+        options = parse_options(row["options"])
+        multiple_choice = row["question_type"] == "multiple-choice"
+        golds = gold_list(row["answer"])
+        if multiple_choice:
+            if not options or len(options) > len(LETTERS):
+                raise ValueError(f"a multiple-choice question needs 1 to {len(LETTERS)} options, "
+                                 f"got {len(options)}")
+            if golds[0].strip().upper() not in LETTERS[: len(options)]:
+                raise ValueError(f"answer {row['answer']!r} is not one of the option letters")
+        option_lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        template = templates[0] if multiple_choice else templates[1]
+        text = template.format(question=row["question"], options=option_lines if multiple_choice
+                               else "", question_type=row["question_type"])
+        content, ordered = _interleave(text, images)
+        meta = {k: v for k, v in row.items()}
+        meta.update(subject=subject_of_id(sample_id), options=options, answers=golds)
+        return Sample(id=sample_id, source=where, index=index, meta=meta, images=ordered, messages=[
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": [{"type": "text", "text": golds[0]}]}])
+
+    def score(self, prediction: str, sample) -> tuple[float, bool]:
+        if sample.meta["question_type"] == "multiple-choice":
+            return score_choice(prediction, sample.meta["options"], sample.meta["answers"][0])
+        return score_open(prediction, sample.meta["answers"])
+
+    def breakdown(self, sample) -> dict:
+        return {"subject": subject(sample), "question_type": sample.meta.get("question_type")}
+
+
+def _interleave(text: str, images: dict[int, str]) -> tuple[list[dict], list[str]]:
+    """Content parts with each image at its first ``<image n>`` tag (see the module doc), and
+    the image references in the order their parts stand."""
+    shown: list[int] = []
+    parts: list[dict] = []
+    pos = 0
+    for m in TAG.finditer(text):
+        n = int(m.group(1))
+        if n not in images:
+            raise ValueError(f"the text names <image {n}> but column image_{n} is empty")
+        if n in shown:
+            continue  # a repeat: the tag stays in the text
+        _text(parts, text[pos:m.start()])
+        parts.append({"type": "image"})
+        shown.append(n)
+        pos = m.end()
+    _text(parts, text[pos:])
+    unnamed = [n for n in sorted(images) if n not in shown]
+    parts = [{"type": "image"} for _ in unnamed] + parts
+    return parts, [images[n] for n in unnamed + shown]
+
+
+def _text(parts: list[dict], chunk: str) -> None:
+    if chunk:
+        if parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += chunk
+        else:
+            parts.append({"type": "text", "text": chunk})
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).expanduser().exists()
+
+
+MMMU_TASKS = [MMMUTask()]

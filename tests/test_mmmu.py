@@ -1,0 +1,181 @@
+"""MMMU: the published column layout loads (images in tag order, Qwen-style prompts, parquet and
+save_to_disk copies), and both scorers handle tricky predictions without guessing."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from data.hf_source import open_ref
+from data.samples import DataError
+from eval.tasks.mmmu import MMMU_TASKS, subject
+from eval.tasks.mmmu.scoring import score_choice, score_open
+
+TASK = MMMU_TASKS[0]
+COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def png(color: str) -> dict:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), COLORS[color]).save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def mmmu_rows(subject_name: str, rows: list[dict]):
+    """One subject config of MMMU/MMMU, validation split, with the published features."""
+    from datasets import Dataset, Features, Image as HFImage, Value
+
+    features = Features({"id": Value("string"), "question": Value("string"),
+                         "options": Value("string"), "explanation": Value("string"),
+                         **{f"image_{k}": HFImage() for k in range(1, 8)},
+                         "img_type": Value("string"), "answer": Value("string"),
+                         "topic_difficulty": Value("string"), "question_type": Value("string"),
+                         "subfield": Value("string")})
+    full = [{**{f"image_{k}": None for k in range(1, 8)}, "explanation": "", "img_type": "['Plots']",
+             "topic_difficulty": "Easy", "subfield": "misc", **r} for r in rows]
+    return Dataset.from_list(full, features=features)
+
+
+def subjects():
+    art = mmmu_rows("Art", [{
+        "id": "validation_Art_1",
+        "question": "<image 2> Which colour is the square in <image 1>? Compare <image 2>.",
+        "options": "['Red', 'Green', 'Blue']", "answer": "B", "question_type": "multiple-choice",
+        "image_1": png("green"), "image_2": png("red")}])
+    theory = mmmu_rows("Art_Theory", [{
+        "id": "validation_Art_Theory_1", "question": "How many squares are in <image 1>?",
+        "options": "[]", "answer": "['1,200', '1200.0']", "question_type": "open",
+        "image_1": png("blue")}])
+    return {"Art": art, "Art_Theory": theory}
+
+
+def parquet_folder(root):
+    """The hub download's layout: <Subject>/validation-00000-of-00001.parquet."""
+    for name, ds in subjects().items():
+        (root / name).mkdir(parents=True)
+        ds.to_parquet(str(root / name / "validation-00000-of-00001.parquet"))
+    return root
+
+
+def spec(data, **kw):
+    return SimpleNamespace(**{"data": str(data), "split": None, "subset": None, "prompt": None,
+                              "image_root": None, **kw})
+
+
+def colors(sample) -> list[tuple]:
+    return [open_ref(ref).convert("RGB").getpixel((0, 0)) for ref in sample.images]
+
+
+def test_parquet_layout_loads_images_in_tag_order(tmp_path):
+    samples = sorted(TASK.load(spec(parquet_folder(tmp_path / "mmmu"))), key=lambda s: s.id)
+    mc, open_q = samples
+    assert [s.id for s in samples] == ["validation_Art_1", "validation_Art_Theory_1"]
+    assert [subject(s) for s in samples] == ["Art", "Art_Theory"]
+    # <image 2> comes first, then <image 1>; the repeated <image 2> stays as text.
+    assert colors(mc) == [COLORS["red"], COLORS["green"]]
+    assert mc.prompt_messages()[0]["content"] == [
+        {"type": "text", "text": "Question: "}, {"type": "image"},
+        {"type": "text", "text": " Which colour is the square in "}, {"type": "image"},
+        {"type": "text", "text": "? Compare <image 2>.\nOptions:\nA. Red\nB. Green\nC. Blue\n"
+                                 "Answer with the option's letter from the given choices directly."}]
+    assert mc.answer() == "B"
+    assert colors(open_q) == [COLORS["blue"]]
+    assert open_q.prompt_messages()[0]["content"][-1]["text"] == (
+        "?\nAnswer the question using a single word or phrase.")
+    assert open_q.meta["answers"] == ["1,200", "1200.0"]
+    assert TASK.breakdown(open_q) == {"subject": "Art_Theory", "question_type": "open"}
+    assert TASK.score("The answer is B", mc) == (1.0, True)
+    assert TASK.score("There are 1200 squares.", open_q) == (1.0, True)
+
+
+def test_save_to_disk_and_prompt_override(tmp_path):
+    from datasets import DatasetDict, concatenate_datasets
+
+    ds = concatenate_datasets(list(subjects().values()))
+    DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "saved"))
+    samples = TASK.load(spec(tmp_path / "saved", prompt="{question_type}: {question}|{options}"))
+    assert len(samples) == 2
+    assert samples[1].prompt_messages()[0]["content"] == [
+        {"type": "text", "text": "open: How many squares are in "}, {"type": "image"},
+        {"type": "text", "text": "?|"}]
+    with pytest.raises(DataError, match=r"placeholder \{answer\}"):
+        TASK.load(spec(tmp_path / "saved", prompt="{question} {answer}"))
+
+
+def test_bad_rows_name_the_row(tmp_path):
+    ds = mmmu_rows("Art", [{"id": "validation_Art_1", "question": "See <image 3>.",
+                            "options": "['a', 'b']", "answer": "A",
+                            "question_type": "multiple-choice", "image_1": png("red")}])
+    ds.to_parquet(str(tmp_path / "validation-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match=r"row 0 \(id validation_Art_1\).*image_3 is empty"):
+        TASK.load(spec(tmp_path))
+
+
+OPTIONS = ["Paris", "London", "Berlin", "New Paris"]
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("B", (1.0, True)),
+    ("(B)", (1.0, True)),
+    ("B.", (1.0, True)),
+    ("**B**", (1.0, True)),
+    ("B. London", (1.0, True)),
+    ("The answer is B", (1.0, True)),
+    ("Answer: (B)", (1.0, True)),
+    ("the correct option is b.", (1.0, True)),
+    ("London", (1.0, True)),
+    ("It is London, the capital.", (1.0, True)),
+    ("A is wrong; the answer is B.", (1.0, True)),   # last explicit statement wins
+    ("The answer is A. Wait, the answer is B", (1.0, True)),
+    ("(A) or (B)", (0.0, False)),                     # several letters: ambiguous
+    ("A cat sits there, B", (1.0, True)),             # "A cat" is an article
+    ("I think London", (1.0, True)),
+    ("The answer is C", (0.0, True)),
+    ("Berlin", (0.0, True)),
+    ("New Paris", (0.0, True)),                       # "Paris" inside a longer option yields
+    ("Paris", (0.0, True)),
+    ("Paris or London", (0.0, False)),
+    ("I don't know", (0.0, False)),                   # nothing parses: no random guess
+    ("", (0.0, False)),
+    ("<think>It could be B", (0.0, False)),           # truncated thinking
+    ("<think>maybe A</think>B", (1.0, True)),
+    ("reasoning without opening tag</think>\nB", (1.0, True)),
+    ("E", (0.0, False)),                              # not an option letter
+])
+def test_choice_scorer(prediction, expected):
+    assert score_choice(prediction, OPTIONS, "B") == expected
+
+
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("1200", "1200", (1.0, True)),
+    ("1,200", "1200", (1.0, True)),
+    ("There are 1,200 squares.", "['1,200', '1200.0']", (1.0, True)),
+    ("$1,200.00", "1200", (1.0, True)),
+    ("The answer is 25%", "25%", (1.0, True)),
+    ("12 cm", "12 cm", (1.0, True)),
+    ("x = 3.14159", "3.14", (1.0, True)),
+    ("The answer is 3.1", "3.14", (0.0, True)),
+    ("0.5", "1/2", (1.0, True)),
+    ("The area is 12 cm^2, which is the answer: 13", "12", (0.0, True)),
+    ("Step 1 gives 7, so the total is 12", "12", (1.0, True)),
+    ("The answer is 24, which is correct", "24", (1.0, True)),
+    ("Positive.", "positive", (1.0, True)),
+    ("The effect is a positive one", "positive", (1.0, True)),
+    ("negative", "['positive', 'up']", (0.0, True)),
+    ("It goes up", "['positive', 'up']", (1.0, True)),
+    ("H2O", "H2O", (1.0, True)),
+    ("<think>count them: 12", "12", (0.0, False)),
+    ("  ", "12", (0.0, False)),
+])
+def test_open_scorer(prediction, gold, expected):
+    assert score_open(prediction, gold) == expected
