@@ -153,6 +153,10 @@ def _list_lengths(chunk: pa.Array) -> list[int]:
     return [n or 0 for n in pc.list_value_length(chunk).to_pylist()]
 
 
+FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json",
+                 ".csv": "csv"}
+
+
 def open_split(cfg: SourceConfig) -> HFSplit:
     """Load ``cfg.path`` / ``cfg.split`` with the ``datasets`` library (see module doc)."""
     import datasets
@@ -168,6 +172,13 @@ def open_split(cfg: SourceConfig) -> HFSplit:
             ds = saved[cfg.split]
         elif path.is_dir() and (path / "state.json").is_file():
             ds = datasets.load_from_disk(str(path))  # one saved Dataset: its only split
+        elif path.is_file():  # one data file: its builder by suffix, the file is the split
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"{cfg.path}: cannot read a {path.suffix or 'suffixless'} file as a "
+                                f"dataset; give parquet, arrow, json(l) or csv, or a dataset folder")
+            ds = datasets.load_dataset(builder, data_files={cfg.split: str(path)}, split=cfg.split,
+                                       keep_in_memory=False)
         elif path.exists():
             ds = datasets.load_dataset(str(path), cfg.subset, split=cfg.split, keep_in_memory=False)
         elif cfg.path.startswith((".", "/", "~")):

@@ -89,3 +89,9 @@ def test_end_to_end_with_breakdowns(tmp_path, tiny):
     assert row["breakdown"]["question_type/layout"]["n"] == 2
     saved = json.loads((tmp_path / "out/results/base.json").read_text())
     assert saved[0]["breakdown"] == row["breakdown"]
+
+
+def test_a_single_parquet_file_loads(tmp_path):
+    parquet = next(docvqa_folder(tmp_path).glob("*.parquet"))
+    samples = get_task("docvqa_val").load(TaskSpec(name="docvqa_val", data=str(parquet)))
+    assert [s.id for s in samples] == ["49153", "57349", "24580"]
