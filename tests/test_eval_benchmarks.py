@@ -1,0 +1,44 @@
+"""MMMU and MathVista fixtures (published column layouts) through the harness end to end with the
+tiny model: results rows with per-subject / per-task breakdowns, and the leaderboard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data.configio import load_config
+from eval.config import EvalConfig
+from tests import test_mathvista, test_mmmu
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
+    from eval.runner import evaluate
+
+    mmmu = test_mmmu.parquet_folder(tmp_path / "MMMU")
+    mathvista = test_mathvista.parquet_folder(tmp_path)
+    cfg = load_config(EvalConfig, None, [
+        f"checkpoints=[{{name: base, path: {tiny['dense']}}}]", f"output_dir={tmp_path / 'out'}",
+        f"tasks=[{{name: mmmu_val, data: {mmmu}}}, {{name: mathvista_testmini, data: {mathvista}}}]",
+        "progress=false", "generation.max_new_tokens=4", "leaderboard=" + str(tmp_path / "out/board")])
+    rows = {r["task"]: r for r in evaluate(cfg)}
+    assert rows["mmmu_val"]["n"] == 2 and rows["mmmu_val"]["metric"] == "accuracy"
+    assert {"subject/Art", "subject/Art_Theory"} <= set(rows["mmmu_val"]["breakdown"])
+    assert rows["mathvista_testmini"]["n"] == len(test_mathvista.ROWS)
+    assert any(k.startswith("task/") for k in rows["mathvista_testmini"]["breakdown"])
+    # Whatever the random tiny model says: an unparsed answer scores 0 (no random-letter guess).
+    for task in ("mmmu_val", "mathvista_testmini"):
+        records = [json.loads(line) for line in
+                   (tmp_path / f"out/predictions/base/{task}.jsonl").read_text().splitlines()]
+        assert len(records) == rows[task]["n"]
+        assert all(r["score"] == 0 for r in records if not r["parsed"])
+        assert sum(not r["parsed"] for r in records) == rows[task]["unparsed"]
+    board = json.loads((tmp_path / "out/board.json").read_text())
+    assert {r["task"] for r in board} == {"mmmu_val", "mathvista_testmini"}
