@@ -37,3 +37,12 @@ def processor(tiny):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(tiny["dense"]))
+
+
+@pytest.fixture(autouse=True)
+def hf_datasets_cache(tmp_path, monkeypatch):
+    """load_dataset's Arrow cache goes to each test's folder, not ~/.cache (tests write fixture
+    datasets under the same names; a shared cache would serve one test's rows to another)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")

@@ -14,13 +14,6 @@ from eval.config import EvalConfig, TaskSpec
 from eval.tasks import get_task
 
 
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-
 def png(size) -> dict:
     buf = io.BytesIO()
     Image.new("RGB", size, "white").save(buf, format="PNG")

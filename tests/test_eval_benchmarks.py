@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from data.configio import load_config
 from eval.config import EvalConfig
 from tests import test_mathvista, test_mmmu
-
-
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
 
 
 def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):

@@ -22,13 +22,6 @@ from data.sources import load
 BUDGET = VisionBudget(64 * 64, 256 * 256)
 
 
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-
 def labels_text(processor, encoded) -> str:
     return processor.tokenizer.decode(encoded["labels"][encoded["labels"] != -100])
 

@@ -21,14 +21,6 @@ from data.sources import load
 BUDGET = VisionBudget(64 * 64, 256 * 256)
 
 
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    """load_dataset's Arrow cache goes to the test's folder, not ~/.cache."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-
 def png(color, size) -> dict:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")

@@ -22,10 +22,7 @@ TASK = MATHVISTA_TASKS[0]
 
 
 @pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+def no_judge_from_the_environment(monkeypatch):
     for var in ("MATHVISTA_JUDGE_BASE_URL", "MATHVISTA_JUDGE_MODEL", "MATHVISTA_JUDGE_API_KEY_ENV"):
         monkeypatch.delenv(var, raising=False)
 

@@ -18,13 +18,6 @@ TASK = MMMU_TASKS[0]
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-
 def png(color: str) -> dict:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), COLORS[color]).save(buf, format="PNG")
