@@ -127,30 +127,27 @@ def unpatchify(pixel_values: torch.Tensor, grid_thw, processor_part) -> list[Ima
     return [Image.fromarray(f) for f in frames]
 
 
+def _each_visual(example: dict, pixels: str, grids: str, processor_part) -> list[list[Image.Image]]:
+    """The frames of each image or video of an encoded example, in order."""
+    if pixels not in example:
+        return []
+    visuals, row = [], 0
+    for grid in example[grids]:
+        n = int(grid.prod())
+        visuals.append(unpatchify(example[pixels][row:row + n], grid, processor_part))
+        row += n
+    return visuals
+
+
 def model_view_images(example: dict, processor) -> list[Image.Image]:
     """Each image of an encoded example exactly as the vision tower receives it."""
-    if "pixel_values" not in example:
-        return []
-    images, row = [], 0
-    for grid in example["image_grid_thw"]:
-        n = int(grid.prod())
-        images.append(unpatchify(example["pixel_values"][row:row + n], grid,
-                                 processor.image_processor)[0])  # an image's frames are copies
-        row += n
-    return images
+    return [frames[0] for frames in  # an image's frames are copies
+            _each_visual(example, "pixel_values", "image_grid_thw", processor.image_processor)]
 
 
 def model_view_videos(example: dict, processor) -> list[list[Image.Image]]:
     """Each video's frames as the vision tower receives them."""
-    if "pixel_values_videos" not in example:
-        return []
-    videos, row = [], 0
-    for grid in example["video_grid_thw"]:
-        n = int(grid.prod())
-        videos.append(unpatchify(example["pixel_values_videos"][row:row + n], grid,
-                                 processor.video_processor))
-        row += n
-    return videos
+    return _each_visual(example, "pixel_values_videos", "video_grid_thw", processor.video_processor)
 
 
 def contact_sheet(frames: list[Image.Image], columns: int = 8) -> Image.Image:

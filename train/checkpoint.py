@@ -56,16 +56,18 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _save_weights(engine, folder: Path, dist: DistInfo) -> None:
-    """model/: the adapter (gathered from ZeRO-3 shards when needed) or the full model."""
+def save_weights(engine, folder: Path, dist: DistInfo) -> bool:
+    """``save_pretrained`` of the adapter (gathered from ZeRO-3 shards when needed) or the full
+    model into ``folder``; False when there is nothing to write there (ZeRO-3 full weights stay
+    in the DeepSpeed shards)."""
     module = unwrap(engine.module)
     is_peft = hasattr(module, "peft_config")
     if not engine.zero3:
         if dist.is_main:
-            module.save_pretrained(str(folder / "model"))
-        return
+            module.save_pretrained(str(folder))
+        return True
     if not is_peft:
-        return  # full weights stay in the DeepSpeed shards
+        return False
     import deepspeed
 
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -73,7 +75,8 @@ def _save_weights(engine, folder: Path, dist: DistInfo) -> None:
         if dist.is_main:
             # peft picks the adapter's entries; the frozen base weights here are empty shards.
             state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-            module.save_pretrained(str(folder / "model"), state_dict=state)
+            module.save_pretrained(str(folder), state_dict=state)
+    return True
 
 
 def save_checkpoint(output_dir: Path, step: int, engine, dist: DistInfo, keep_last: int,
@@ -87,7 +90,7 @@ def save_checkpoint(output_dir: Path, step: int, engine, dist: DistInfo, keep_la
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
-    _save_weights(engine, tmp, dist)
+    save_weights(engine, tmp / "model", dist)
     engine.save(tmp)
     if dist.is_main:
         torch.save({"step": step, "loss": loss}, tmp / "trainer_state.pt")

@@ -95,13 +95,14 @@ class TorchEngine:
     backward_every_micro_batch = False  # a bad micro-batch's backward is simply not run
     can_skip = True
 
-    def __init__(self, model, param_groups, cfg, dist: DistInfo, find_unused: bool):
+    def __init__(self, model, param_groups, cfg, dist: DistInfo):
         self.module, self.dist = model, dist
         self.model = model
         if dist.world_size > 1:
+            # Every trainable parameter gets a gradient in every micro-step (VisionKeepAlive
+            # covers text-only batches), so DDP needs no extra graph walk for unused ones.
             self.model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-                find_unused_parameters=find_unused)
+                model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
         self.params = [p for g in param_groups for p in g["params"]]
         self.optimizer = build_optimizer(param_groups, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, gate=self.optimizer)
@@ -215,10 +216,12 @@ class DeepSpeedEngine:
     restores_weights = True  # deepspeed/ holds the (sharded) weights too
     backward_every_micro_batch = True
 
-    def __init__(self, model, param_groups, cfg, dist: DistInfo, ds_config: dict):
+    def __init__(self, model, param_groups, cfg, dist: DistInfo, ds_config: dict, hf_ds_config=None):
         import deepspeed
 
         self.dist, self.ds_config, self.gate = dist, ds_config, None
+        # transformers' HfDeepSpeedConfig: alive, from_pretrained partitions under ZeRO-3.
+        self.hf_ds_config = hf_ds_config
 
         def client_optimizer(params):
             self.gate = build_optimizer(params, cfg.train)
@@ -233,6 +236,13 @@ class DeepSpeedEngine:
     @property
     def can_skip(self) -> bool:
         return self.gate is not None
+
+    def leave_zero3_loading(self) -> None:
+        """Let from_pretrained load plain, unpartitioned models again (e.g. the exporter's)."""
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        self.hf_ds_config = None
+        unset_hf_deepspeed_config()
 
     @property
     def zero3(self) -> bool:

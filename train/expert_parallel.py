@@ -75,11 +75,6 @@ def check_expert_parallel(model, model_config, preset: str, ep_size: int, world_
         raise ValueError(f"distributed.ep_preset={preset!r} finds no MoE block in "
                          f"{type(model).__name__} (pattern {pattern.pattern}); use a preset that "
                          f"matches this model or distributed.expert_parallel=1")
-    lora_on_experts = [n for n, _ in model.named_parameters() if ".experts." in n and "lora_" in n]
-    if lora_on_experts:
-        raise ValueError("LoRA on MoE experts (lora.targets: experts) cannot be combined with expert "
-                         "parallelism: AutoEP replaces the expert modules the adapters wrap. Drop "
-                         "'experts' from lora.targets or set distributed.expert_parallel=1")
 
 
 def local_expert_count(model) -> dict[str, int]:

@@ -95,11 +95,8 @@ def build_model(cfg: Config, dist: DistInfo):
         model.to(dist.device)
     groups = param_groups(model, cfg.train)
     if ds_config is not None:
-        engine = DeepSpeedEngine(model, groups, cfg, dist, ds_config)
-    else:
-        engine = TorchEngine(model, groups, cfg, dist, find_unused=False)
-    engine.hf_deepspeed_config = hf_ds
-    return engine
+        return DeepSpeedEngine(model, groups, cfg, dist, ds_config, hf_ds)
+    return TorchEngine(model, groups, cfg, dist)
 
 
 def train(cfg: Config) -> Path:
@@ -263,11 +260,11 @@ def train(cfg: Config) -> Path:
                                  float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
             loss_since_save = []
 
-    last = ckpt.save_checkpoint(out, cfg.train.max_steps, engine, dist, cfg.train.keep_last,
-                                cfg.train.keep_best,
-                                float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
+    last_checkpoint = ckpt.save_checkpoint(
+        out, cfg.train.max_steps, engine, dist, cfg.train.keep_last, cfg.train.keep_best,
+        float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
     final = out / "final"
-    save_final(engine, processor, final, last, dist)
+    save_final(engine, processor, final, last_checkpoint, dist)
     barrier()
     log.close()
     return final
@@ -277,35 +274,20 @@ def save_final(engine, processor, final: Path, last_checkpoint: Path, dist: Dist
     """final/: what eval loads - the adapter, or the full model. Full weights under ZeRO-3 exist
     only as shards (under AutoEP, with experts renamed and split over ranks), so rank 0 builds
     them with the exporter from the last checkpoint, in the hub layout plain transformers reads."""
-    module = ckpt.unwrap(engine.module)
-    is_peft = hasattr(module, "peft_config")
-    if engine.zero3 and not is_peft:
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
+    if not ckpt.save_weights(engine, final, dist):
         # The exporter loads a plain model on rank 0 alone: with transformers still in ZeRO-3
         # mode, that load would partition it collectively and wait for the other ranks forever.
-        engine.hf_deepspeed_config = None
-        unset_hf_deepspeed_config()
+        engine.leave_zero3_loading()
         barrier()
         if dist.is_main:
             from train.export import export
 
             export(last_checkpoint, final, verify=False, overwrite=True)
         return
-    if engine.zero3:
-        import deepspeed
-
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
-            if dist.is_main:
-                # peft picks the adapter's entries; the frozen base weights here are empty shards.
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                module.save_pretrained(str(final), state_dict=state)
-    elif dist.is_main:
-        module.save_pretrained(str(final))
-        if not is_peft and module.config.model_type == "qwen3_vl_moe":
+    if dist.is_main:
+        module = ckpt.unwrap(engine.module)
+        if not hasattr(module, "peft_config") and module.config.model_type == "qwen3_vl_moe":
             from train.debug_models import write_experts_in_hub_layout
 
             write_experts_in_hub_layout(final)  # the hub layout loads under ZeRO-3 / EP too
-    if dist.is_main:
         processor.save_pretrained(str(final))
