@@ -29,23 +29,48 @@ class TaskSpec:
     prompt: str | None = None  # the task's prompt template, where it takes one ({question})
     limit: int | None = None  # evaluate only the first N samples
     vision: dict = field(default_factory=dict)  # this task's overrides of the vision.* budget
+    # An OpenAI-compatible answer extractor, for tasks that take one (MathVista):
+    # {base_url, model, api_key_env, timeout_s, max_tokens}. Scoring only: not in the cache key.
+    judge: dict | None = None
 
     def __post_init__(self):
-        from eval.tasks import TASKS
+        from eval.tasks import TASKS, get_task
 
         if self.name not in TASKS:
             raise ValueError(f"tasks: unknown task {self.name!r}; available: {sorted(TASKS)}")
+        get_task(self.name, self)  # the task checks its own settings (e.g. judge keys)
 
 
 @dataclass
 class GenerationConfig:
+    """Greedy by default (benchmarks are scored on one deterministic answer). The sampling keys
+    apply only with ``do_sample: true``; all of them are part of the prediction cache key."""
+
     batch_size: int = 16
     max_new_tokens: int = 64
     do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.0
+    seed: int = 0  # sampling seed (per sample under vLLM, per batch under hf)
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.max_new_tokens <= 0:
             raise ValueError("generation.batch_size and generation.max_new_tokens must be > 0")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("generation.temperature must be > 0 with do_sample: true "
+                             "(for greedy decoding set do_sample: false)")
+        if not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError("generation: top_p must be in (0, 1], top_k >= 0, repetition_penalty > 0")
+
+    def generate_kwargs(self) -> dict:
+        """Arguments for transformers' ``generate``."""
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                  "repetition_penalty": self.repetition_penalty}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        return kwargs
 
 
 @dataclass
@@ -57,6 +82,11 @@ class EvalConfig:
     vision: VisionBudget = field(default_factory=VisionBudget)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # hf: transformers generate (CPU or GPU, under torchrun data-parallel); vllm: needs vLLM
+    # and a GPU. ``vllm`` holds extra vllm.LLM(...) engine arguments (gpu_memory_utilization,
+    # tensor_parallel_size, max_model_len, ...).
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: dict = field(default_factory=dict)
     leaderboard: str | None = None  # write <this>.md and <this>.json over all results found
     progress: bool = True
 

@@ -1,84 +1,127 @@
-"""Run checkpoints over tasks: batched greedy generation, streamed predictions, scores.
+"""Run checkpoints over tasks: batched generation, streamed predictions, scores.
 
 Predictions stream to ``output_dir/predictions/<checkpoint>/<task>.jsonl`` as each batch
-finishes, keyed by a hash of (checkpoint, adapter, task, generation and vision settings). A
-rerun with the same settings skips what is already there, so a killed eval loses nothing. A
-sample that cannot be encoded (e.g. unreadable image) is recorded as a failure and scored 0.
+finishes, each record tagged with a hash of (checkpoint, adapter, task, generation, vision,
+dtype, backend). A rerun with the same settings skips what is already there, so a killed eval
+loses nothing and scores the same. A sample that cannot be prepared (an unreadable image) is
+recorded as a failure and scored 0; it never stops the run.
+
+Data parallel: under ``torchrun --nproc_per_node N python -m eval ...`` every rank loads the
+model, takes every N-th unfinished sample and streams its predictions to its own
+``<task>.rank<r>.jsonl``; rank 0 then merges the parts into ``<task>.jsonl`` and scores.
+Scoring reads predictions by sample id, in the benchmark's order, so the result is the same
+as a single-process run's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from data.encode import SampleEncoder, collate
 from eval import leaderboard
+from eval.checkpoints import resolve_checkpoint
 from eval.config import EvalConfig
+from eval.generate import build_generator
 from eval.metrics import strip_thinking
 from eval.tasks import get_task
-from train.modeling import load_model, load_processor
+from train.distributed import DistInfo, barrier, cleanup, init_distributed
 
 
 def run_key(cfg: EvalConfig, ck, spec) -> str:
-    payload = {"path": ck.path, "adapter": ck.adapter, "task": asdict(spec),
-               "generation": asdict(cfg.generation), "vision": asdict(cfg.vision), "dtype": cfg.dtype}
+    task = {k: v for k, v in asdict(spec).items() if k != "judge"}  # scoring only
+    payload = {"path": ck.path, "adapter": ck.adapter, "task": task,
+               "generation": asdict(cfg.generation), "vision": asdict(cfg.vision),
+               "dtype": cfg.dtype, "backend": cfg.backend}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_cached(path: Path, key: str) -> dict[str, dict]:
+def prediction_files(pred_path: Path) -> list[Path]:
+    """The merged file and any per-rank parts a data-parallel run left (killed before merging)."""
+    return [pred_path, *sorted(pred_path.parent.glob(f"{pred_path.stem}.rank*.jsonl"))]
+
+
+def read_cached(pred_path: Path, key: str) -> dict[str, dict]:
     done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-write
-            if record.get("key") == key:
-                done[record["id"]] = record
+    for path in prediction_files(pred_path):
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill mid-write
+                if record.get("key") == key:
+                    done[record["id"]] = record
     return done
 
 
-@torch.no_grad()
-def generate_batch(model, processor, examples: list[dict], gen) -> list[str]:
-    batch = collate(examples, processor.tokenizer.pad_token_id, padding_side="left")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    out = model.generate(**batch, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample)
-    new_tokens = out[:, batch["input_ids"].shape[1]:]
-    return processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+def merge_parts(pred_path: Path) -> None:
+    """Append the per-rank parts to the merged file, then delete them. A kill in between only
+    leaves duplicate records, which ``read_cached`` folds by sample id."""
+    parts = prediction_files(pred_path)[1:]
+    if not parts:
+        return
+    with open(pred_path, "a") as f:
+        for part in parts:
+            f.write(part.read_text())
+        f.flush()
+        os.fsync(f.fileno())
+    for part in parts:
+        part.unlink()
 
 
-def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) -> dict:
-    task = get_task(spec.name)
+_batches_written = 0
+
+
+def batch_written() -> None:
+    """Fault injection for tests and benchmarks: QWEN3VL_EVAL_KILL_AFTER_BATCHES=2 SIGKILLs the
+    process once it has written two batches, over all tasks (no cleanup, as a preempted node)."""
+    global _batches_written
+    _batches_written += 1
+    kill_after = os.environ.get("QWEN3VL_EVAL_KILL_AFTER_BATCHES")
+    if kill_after and _batches_written >= int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
+                  dist: DistInfo | None = None) -> dict | None:
+    """Generate what is missing for one (checkpoint, task) and score it. Under data parallel,
+    every rank generates its share and rank 0 alone returns the result row (others: None)."""
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    task = get_task(spec.name, spec)
     samples = task.load(spec)[: spec.limit]
     budget = cfg.vision.with_overrides(spec.vision, f"tasks.{spec.name}.vision")
-    encoder = SampleEncoder(processor, budget, max_seq_len=10**9)
     key = run_key(cfg, ck, spec)
     pred_path = out_dir / "predictions" / ck.name / f"{spec.name}.jsonl"
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_cached(pred_path, key)
+    barrier()  # every rank has read the cache before any rank writes to it
     todo = [s for s in samples if s.id not in done]
+    mine = todo[rank::world]
+    out_path = pred_path if world == 1 else pred_path.with_name(f"{spec.name}.rank{rank}.jsonl")
 
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=f"{ck.name}/{spec.name}", disable=not cfg.progress or not todo,
-               dynamic_ncols=True, mininterval=1.0)
-    with open(pred_path, "a") as f, bar:
-        for i in range(0, len(todo), cfg.generation.batch_size):
-            chunk, examples, records = todo[i:i + cfg.generation.batch_size], [], []
+    bar = tqdm(total=len(mine), desc=f"{ck.name}/{spec.name}", dynamic_ncols=True, mininterval=1.0,
+               disable=not cfg.progress or not mine or rank != 0)
+    with open(out_path, "a") as f, bar:
+        for i in range(0, len(mine), cfg.generation.batch_size):
+            chunk, prepared, records = mine[i:i + cfg.generation.batch_size], [], []
             for s in chunk:
                 try:
-                    examples.append((s, encoder.encode_prompt(s)))
+                    prepared.append((s, generator.prepare(s, budget)))
                 except (OSError, ValueError) as e:
                     records.append({"id": s.id, "prediction": "", "error": f"{type(e).__name__}: {e}"})
-            if examples:
-                texts = generate_batch(model, processor, [e for _, e in examples], cfg.generation)
-                for (s, _), text in zip(examples, texts):
-                    score, parsed = task.score(strip_thinking(text), s)
+            if prepared:
+                texts = generator.generate([p for _, p in prepared])
+                for (s, _), text in zip(prepared, texts):
+                    score, parsed = task.score(strip_thinking(text), s)  # for reading the file
                     records.append({"id": s.id, "prediction": text, "answer": s.answer(),
                                     "score": score, "parsed": parsed})
             for r in records:
@@ -87,8 +130,25 @@ def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) ->
                 done[r["id"]] = r
             f.flush()
             bar.update(len(chunk))
+            batch_written()
     seconds = time.perf_counter() - t0
 
+    barrier()  # every rank's part is complete
+    if rank != 0:
+        barrier()
+        return None
+    merge_parts(pred_path)
+    done = read_cached(pred_path, key)
+    barrier()  # merged: no rank reads parts of this task any more
+    row = score_task(task, samples, done)
+    row.update(checkpoint=ck.name, task=spec.name, split=spec.split or getattr(task, "split", None),
+               benchmark=getattr(task, "benchmark", spec.name), generated=len(todo), processes=world,
+               seconds=round(seconds, 2), config_hash=key)
+    return row
+
+
+def score_task(task, samples: list, done: dict[str, dict]) -> dict:
+    """Score every sample from its recorded prediction; failures score 0 and are counted."""
     scores, unparsed, failed = [], 0, 0
     groups: dict[str, list[float]] = {}
     for s in samples:
@@ -102,10 +162,8 @@ def evaluate_task(model, processor, cfg: EvalConfig, ck, spec, out_dir: Path) ->
         scores.append(score)
         for group in breakdown_keys(task, s):
             groups.setdefault(group, []).append(score)
-    row = {"checkpoint": ck.name, "task": spec.name, "metric": task.metric,
-           "score": sum(scores) / len(scores), "n": len(scores), "unparsed": unparsed,
-           "failed": failed, "generated": len(todo), "seconds": round(seconds, 2),
-           "model": ck.path, "adapter": ck.adapter, "key": key}
+    row = {"metric": task.metric, "score": sum(scores) / len(scores), "n": len(scores),
+           "unparsed": unparsed, "failed": failed}
     if groups:
         row["breakdown"] = {g: {"score": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())}
     return row
@@ -125,24 +183,40 @@ def breakdown_keys(task, sample) -> list[str]:
 
 
 def evaluate(cfg: EvalConfig) -> list[dict]:
+    """Every checkpoint on every task; results/<checkpoint>.json and the leaderboard. Returns
+    the result rows (on rank 0; other ranks of a data-parallel run return [])."""
+    dist = init_distributed()
+    if cfg.backend == "vllm" and dist.world_size > 1:
+        raise ValueError("backend: vllm runs in one process (it shards with vllm.tensor_parallel_size); "
+                         "launch it with python -m eval, not torchrun")
     out_dir = Path(cfg.output_dir)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
     all_rows = []
     for ck in cfg.checkpoints:
-        processor = load_processor(ck.path)
-        model = load_model(ck.path, cfg.dtype, cfg.attn_implementation, adapter=ck.adapter)
-        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        resolved = resolve_checkpoint(ck.path, ck.adapter)
+        if dist.is_main:
+            print(f"[eval] {ck.name}: {resolved.kind} {resolved.arch} checkpoint, model {resolved.model}"
+                  + (f", adapter {resolved.adapter}" if resolved.adapter else ""), flush=True)
+        generator = build_generator(resolved, cfg, dist.device)
+        date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows = []
         for spec in cfg.tasks:
-            row = evaluate_task(model, processor, cfg, ck, spec, out_dir)
+            row = evaluate_task(generator, cfg, ck, spec, out_dir, dist)
+            if row is None:
+                continue
+            row.update(model=resolved.model, adapter=resolved.adapter, checkpoint_kind=resolved.kind,
+                       arch=resolved.arch, date=date)
             print(f"[eval] {ck.name} {row['task']}: {row['metric']}={row['score']:.4f} "
                   f"(n={row['n']}, unparsed={row['unparsed']}, failed={row['failed']})", flush=True)
             rows.append(row)
-        (out_dir / "results" / f"{ck.name}.json").write_text(json.dumps(rows, indent=1))
+        if dist.is_main:
+            (out_dir / "results" / f"{ck.name}.json").write_text(json.dumps(rows, indent=1))
         all_rows += rows
-        del model
-    if cfg.leaderboard:
+        del generator
+    if cfg.leaderboard and dist.is_main:
         rows = leaderboard.collect(out_dir / "results")
         md, js = leaderboard.write(rows, cfg.leaderboard)
         print(f"[eval] leaderboard: {md} {js}\n\n{md.read_text()}", flush=True)
+    barrier()
+    cleanup()
     return all_rows

@@ -1,7 +1,13 @@
-"""Batched vs one-at-a-time generation on the embedded default (tiny dense model, synthetic
-eval split), through the eval harness itself. Prints name=value lines:
+"""The eval harness on the embedded default (tiny dense model, synthetic eval split). Prints
+name=value lines:
 
-  batched_samples_per_s, sequential_samples_per_s, batched_speedup, predictions_identical
+  batched_samples_per_s, sequential_samples_per_s, batched_speedup, predictions_identical:
+      batched vs one-at-a-time generation in this process, same predictions or not;
+  dp_equals_single: `torchrun --nproc_per_node 2 -m eval` gives the scores and predictions of
+      `python -m eval` (1 or 0);
+  resume_equals_uninterrupted: a `python -m eval` SIGKILLed after its second batch, then
+      rerun, gives the uninterrupted scores and predictions (1 or 0), and regenerates only
+      what was lost (resume_regenerated=).
 
 Run with no arguments; --batch-size and --per-task change the workload.
 """
@@ -10,19 +16,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.configio import load_config  # noqa: E402
 from data.processor import build_processor  # noqa: E402
 from data.synthetic import generate  # noqa: E402
+from eval.checkpoints import resolve_checkpoint  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
+from eval.generate import HFGenerator  # noqa: E402
 from eval.runner import evaluate_task  # noqa: E402
 from train.debug_models import build_tiny_checkpoint  # noqa: E402
-from train.modeling import load_model, load_processor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = ("synthetic_vqa", "synthetic_grounding", "synthetic_doc")
 
@@ -42,14 +56,13 @@ def main() -> None:
     cfg = load_config(EvalConfig, None, [f"checkpoints=[{{name: base, path: {ckpt}}}]",
                                          f"tasks=[{tasks}]", "progress=false",
                                          f"generation.max_new_tokens={args.max_new_tokens}"])
-    model = load_model(str(ckpt)).eval()
-    processor = load_processor(str(ckpt))
+    generator = HFGenerator(resolve_checkpoint(str(ckpt)), cfg, torch.device("cpu"))
 
     def run(batch_size: int, out: Path) -> tuple[float, dict]:
         cfg.generation.batch_size = batch_size
         seconds, predictions = 0.0, {}
         for spec in cfg.tasks:
-            row = evaluate_task(model, processor, cfg, cfg.checkpoints[0], spec, out)
+            row = evaluate_task(generator, cfg, cfg.checkpoints[0], spec, out)
             seconds += row["seconds"]
             path = out / "predictions/base" / f"{spec.name}.jsonl"
             predictions.update({(spec.name, r["id"]): r["prediction"] for r in
@@ -65,6 +78,52 @@ def main() -> None:
     print(f"sequential_samples_per_s={sequential:.2f}")
     print(f"batched_speedup={batched / sequential:.2f}")
     print(f"predictions_identical={int(batched_preds == sequential_preds)}")
+
+    # The CLI, as users launch it: one process, two under torchrun, and a killed-then-resumed run.
+    def config(out: Path) -> Path:
+        path = out.with_suffix(".yaml")
+        path.write_text(yaml.safe_dump({
+            "output_dir": str(out), "progress": False,
+            "checkpoints": [{"name": "base", "path": str(ckpt)}],
+            "tasks": [{"name": t, "data": str(data)} for t in TASKS],
+            "generation": {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}}))
+        return path
+
+    run_cli(config(work / "single"))
+    run_cli(config(work / "dp"), nproc=2)
+    killed = run_cli(config(work / "resumed"), env={"QWEN3VL_EVAL_KILL_AFTER_BATCHES": "2"}, check=False)
+    if killed.returncode != -9:
+        raise SystemExit(f"the run was meant to be SIGKILLed: rc {killed.returncode}\n{killed.stderr[-3000:]}")
+    run_cli(config(work / "resumed"))
+    single, dp, resumed = (outcome(work / name) for name in ("single", "dp", "resumed"))
+    regenerated = sum(r["generated"] for r in
+                      json.loads((work / "resumed/results/base.json").read_text()))
+    print(f"dp_equals_single={int(dp == single)}")
+    print(f"resume_equals_uninterrupted={int(resumed == single)}")
+    print(f"resume_regenerated={regenerated}")
+
+
+def run_cli(config: Path, nproc: int = 1, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "eval"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(29500 + os.getpid() % 1000), "-m", "eval"]
+    proc = subprocess.run(launcher + [str(config)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})))
+    if check and proc.returncode != 0:
+        raise SystemExit(f"{' '.join(launcher)} {config} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def outcome(out: Path) -> tuple[list, dict]:
+    """Scores per task and every sample's prediction."""
+    rows = json.loads((out / "results/base.json").read_text())
+    predictions = {}
+    for task in TASKS:
+        for line in (out / f"predictions/base/{task}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            predictions[(task, record["id"])] = record["prediction"]
+    return [(r["task"], r["score"], r["n"], r.get("breakdown")) for r in rows], predictions
 
 
 if __name__ == "__main__":

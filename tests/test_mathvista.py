@@ -240,3 +240,26 @@ def test_judge_unreachable_names_the_endpoint(samples):
     task = MathVistaTask(judge=Judge("http://127.0.0.1:9/v1", "m", timeout_s=2))
     with pytest.raises(RuntimeError, match=r"127.0.0.1:9/v1/chat/completions"):
         task.score("no idea", samples["2"])
+
+
+def test_judge_set_in_the_eval_yaml(tmp_path):
+    from data.configio import ConfigError, load_config
+    from eval.config import EvalConfig
+    from eval.runner import run_key
+    from eval.tasks import get_task
+
+    def config(task_entry: str) -> EvalConfig:
+        return load_config(EvalConfig, None, ["checkpoints=[{name: a, path: b}]", f"tasks=[{task_entry}]"])
+
+    cfg = config("{name: mathvista_testmini, data: x, judge: {base_url: 'http://j/v1', model: m, "
+                 "api_key_env: K}}")
+    spec = cfg.tasks[0]
+    assert get_task(spec.name, spec).judge == Judge("http://j/v1", "m", api_key_env="K")
+    # The judge only extracts answers from predictions: changing it keeps the prediction cache.
+    plain = config("{name: mathvista_testmini, data: x}")
+    assert run_key(cfg, cfg.checkpoints[0], spec) == run_key(plain, plain.checkpoints[0], plain.tasks[0])
+
+    with pytest.raises(ConfigError, match=r"judge: .*'url'.*keys: base_url, model"):
+        config("{name: mathvista_testmini, data: x, judge: {url: 'http://j', model: m}}")
+    with pytest.raises(ConfigError, match=r"tasks.docvqa_val.judge: this task scores without a judge"):
+        config("{name: docvqa_val, data: x, judge: {base_url: 'http://j', model: m}}")

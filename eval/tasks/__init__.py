@@ -16,7 +16,14 @@ TASKS = {task.name: task for task in SYNTHETIC_TASKS + MMMU_TASKS + MATHVISTA_TA
                              + GROUNDING_TASKS}
 
 
-def get_task(name: str):
+def get_task(name: str, spec=None):
+    """The registered task, configured by its TaskSpec's task-specific settings (``judge``)."""
     if name not in TASKS:
         raise KeyError(f"unknown eval task {name!r}; available: {sorted(TASKS)}")
-    return TASKS[name]
+    task = TASKS[name]
+    if spec is not None and spec.judge is not None:
+        if not hasattr(task, "with_judge"):
+            raise ValueError(f"tasks.{name}.judge: this task scores without a judge; remove the key "
+                             f"(tasks that take one: {sorted(n for n, t in TASKS.items() if hasattr(t, 'with_judge'))})")
+        task = task.with_judge(spec.judge)
+    return task

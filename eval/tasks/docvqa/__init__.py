@@ -29,6 +29,7 @@ class DocVQATask:
     name: str = "docvqa_val"
     metric: str = "anls"
     split: str = "validation"
+    benchmark: str = "DocVQA"
 
     def load(self, spec):
         source = SourceConfig(path=spec.data, format="hf_dataset", name=self.name,

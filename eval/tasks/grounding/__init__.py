@@ -45,6 +45,10 @@ class RefCOCOTask:
     split: str
     metric: str = "acc_iou50"
 
+    @property
+    def benchmark(self) -> str:  # RefCOCO, RefCOCO+ or RefCOCOg
+        return "RefCOCO" + self.name.rpartition("_")[0][len("refcoco"):]
+
     def load(self, spec):
         return _load(spec, "refcoco", "bbox", self.split, self.name)
 
@@ -61,6 +65,11 @@ class RefCOCOTask:
 class ScreenSpotTask:
     name: str
     metric: str = "click_accuracy"
+    split: str = "test"
+
+    @property
+    def benchmark(self) -> str:
+        return "ScreenSpot-v2" if self.name.endswith("_v2") else "ScreenSpot"
 
     def load(self, spec):
         return _load(spec, "screenspot", "point", None, self.name)

@@ -19,6 +19,7 @@ one is configured and the rules found nothing. ``breakdown`` gives per-task and 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from data.config import SourceConfig
@@ -58,7 +59,17 @@ class MathVistaTask:
     name: str = "mathvista_testmini"
     metric: str = "accuracy"
     split: str = "testmini"
+    benchmark: str = "MathVista"
     judge: Judge | None = None  # None: MATHVISTA_JUDGE_* environment variables, if set
+
+    def with_judge(self, settings: dict) -> "MathVistaTask":
+        """This task with the judge a config's ``tasks[].judge`` mapping describes."""
+        try:
+            return dataclasses.replace(self, judge=Judge(**settings))
+        except TypeError as e:
+            fields = [f.name for f in dataclasses.fields(Judge)]
+            raise ValueError(f"tasks.{self.name}.judge: {e}; keys: {', '.join(fields)} "
+                             f"(base_url and model are required)") from None
 
     def load(self, spec):
         split = spec.split or self.split

@@ -5,7 +5,14 @@ responses. Here that is a fallback only: it runs when a judge is configured *and
 extractor found nothing, and the judge's short reply goes through the same rules, so the judge
 extracts but never grades. Plain ``urllib.request`` keeps it free of new dependencies.
 
-Configure it on the task (``MathVistaTask(judge=Judge(...))``) or with environment variables:
+Configure it in the eval YAML, on the task::
+
+    tasks:
+      - name: mathvista_testmini
+        data: /data/MathVista
+        judge: {base_url: "http://localhost:8000/v1", model: Qwen3-32B, api_key_env: JUDGE_KEY}
+
+or, when the YAML gives none, with environment variables:
 ``MATHVISTA_JUDGE_BASE_URL`` (e.g. ``http://localhost:8000/v1``; ``/chat/completions`` is
 appended), ``MATHVISTA_JUDGE_MODEL`` and, optionally, ``MATHVISTA_JUDGE_API_KEY_ENV`` (the
 name of the variable holding the key, default ``OPENAI_API_KEY``; no key sends no header).

@@ -79,6 +79,7 @@ class MMMUTask:
     name: str = "mmmu_val"
     metric: str = "accuracy"
     split: str = "validation"
+    benchmark: str = "MMMU"
     mc_prompt: str = MC_PROMPT
     open_prompt: str = OPEN_PROMPT
 

@@ -18,6 +18,8 @@ class SyntheticTask:
     name: str
     kind: str  # the ``task`` field written by data/synthetic.py
     metric: str
+    benchmark: str = "synthetic"
+    split: str = "eval"
 
     def load(self, spec):
         samples = [s for s in load_llava_json(spec.data, spec.image_root)

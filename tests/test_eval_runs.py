@@ -1,0 +1,179 @@
+"""How eval runs: checkpoint kinds detected from files, data-parallel under torchrun equal to
+one process, and a killed run that resumes to the uninterrupted scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eval.checkpoints import resolve_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("synthetic_vqa", "synthetic_grounding", "synthetic_doc")
+
+
+# --- checkpoint kinds ------------------------------------------------------------------------
+
+def _adapter(folder: Path, base: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    return folder
+
+
+def test_base_models_dense_and_moe(tiny):
+    dense, moe = resolve_checkpoint(str(tiny["dense"])), resolve_checkpoint(str(tiny["moe"]))
+    assert (dense.kind, dense.arch, dense.adapter) == ("base", "dense", None)
+    assert (moe.kind, moe.arch) == ("base", "moe")
+    assert dense.processor == str(tiny["dense"])
+
+
+def test_adapter_folder_alone_names_its_base(tiny, tmp_path):
+    adapter = _adapter(tmp_path / "run/final", tiny["moe"])
+    for path in (adapter, tmp_path / "run"):  # the adapter, or the training run holding it
+        ck = resolve_checkpoint(str(path))
+        assert (ck.kind, ck.arch, ck.model, ck.adapter) == ("lora", "moe", str(tiny["moe"]), str(adapter))
+        assert ck.processor == str(tiny["moe"])  # the adapter folder saved no processor
+
+
+def test_base_plus_separate_adapter(tiny, tmp_path):
+    adapter = _adapter(tmp_path / "adapter", tmp_path / "elsewhere")
+    ck = resolve_checkpoint(str(tiny["dense"]), str(adapter))
+    assert (ck.kind, ck.model, ck.adapter) == ("lora", str(tiny["dense"]), str(adapter))
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        resolve_checkpoint(str(tiny["dense"]), str(tiny["dense"]))
+
+
+def test_mid_run_checkpoints_and_full_fine_tunes(tiny, tmp_path):
+    run_config = json.dumps({"model": {"path": str(tiny["dense"])}})
+    lora_step = tmp_path / "lora/checkpoint-4"
+    _adapter(lora_step / "model", Path("/not/used"))  # the run's config names the base
+    (lora_step / "train_config.json").write_text(run_config)
+    ck = resolve_checkpoint(str(lora_step))
+    assert (ck.kind, ck.model, ck.adapter) == ("lora", str(tiny["dense"]), str(lora_step / "model"))
+
+    full_step = tmp_path / "full/checkpoint-4"
+    shutil.copytree(tiny["dense"], full_step / "model")
+    (full_step / "train_config.json").write_text(run_config)
+    ck = resolve_checkpoint(str(full_step))
+    assert (ck.kind, ck.model, ck.arch) == ("full", str(full_step / "model"), "dense")
+
+    final = tmp_path / "full/final"  # the run's final/: a fine-tune, not a base model
+    shutil.copytree(tiny["dense"], final)
+    assert resolve_checkpoint(str(tmp_path / "full")).kind == "full"
+
+    zero3_step = tmp_path / "zero3/checkpoint-4"
+    (zero3_step / "model").mkdir(parents=True)
+    (zero3_step / "train_config.json").write_text(run_config)
+    with pytest.raises(ValueError, match="python -m train.export"):
+        resolve_checkpoint(str(zero3_step))
+
+
+def test_not_a_checkpoint_says_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="neither config.json .* nor adapter_config.json"):
+        resolve_checkpoint(str(tmp_path))
+    with pytest.raises(ValueError, match="no such folder"):
+        resolve_checkpoint(str(tmp_path / "missing"))
+
+
+# --- data parallel and resume ----------------------------------------------------------------
+
+def write_config(tiny, corpus, out: Path, batch_size: int = 2) -> Path:
+    cfg = {"output_dir": str(out), "progress": False,
+           "checkpoints": [{"name": "base", "path": str(tiny["dense"])}],
+           "tasks": [{"name": t, "data": str(corpus["eval"])} for t in TASKS],
+           "generation": {"batch_size": batch_size, "max_new_tokens": 8},
+           "vision": {"min_pixels": 4096, "max_pixels": 65536}}
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_eval(config: Path, nproc: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "eval"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(29500 + (os.getpid() + 7) % 1000), "-m", "eval"]
+    return subprocess.run(launcher + [str(config)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), timeout=600)
+
+
+def outcome(out: Path) -> tuple[list[tuple], dict]:
+    """What must not depend on how the run went: the scores and every sample's prediction."""
+    rows = json.loads((out / "results/base.json").read_text())
+    scores = [(r["task"], r["score"], r["n"], r["unparsed"], r["failed"], r.get("breakdown"))
+              for r in rows]
+    predictions = {}
+    for task in TASKS:
+        for line in (out / f"predictions/base/{task}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            predictions[(task, record["id"])] = record["prediction"]
+    return scores, predictions
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "eval"
+    proc = run_eval(write_config(tiny, corpus, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return outcome(out)
+
+
+def test_data_parallel_equals_single_process(tiny, corpus, tmp_path, uninterrupted):
+    out = tmp_path / "dp"
+    proc = run_eval(write_config(tiny, corpus, out), nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert outcome(out) == uninterrupted
+    assert not list((out / "predictions/base").glob("*.rank*.jsonl"))  # parts merged away
+    for task in TASKS:  # each sample generated by one rank only
+        assert len((out / f"predictions/base/{task}.jsonl").read_text().splitlines()) == 4
+    rows = json.loads((out / "results/base.json").read_text())
+    assert [(r["generated"], r["processes"]) for r in rows] == [(4, 2)] * 3
+
+
+def test_killed_data_parallel_run_resumes_to_identical_scores(tiny, corpus, tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    config = write_config(tiny, corpus, out)
+    # Each rank SIGKILLs itself after its first batch of the first task (torchrun may take the
+    # other rank down first, so one part may be short).
+    killed = run_eval(config, nproc=2, env={"QWEN3VL_EVAL_KILL_AFTER_BATCHES": "1"})
+    assert killed.returncode != 0
+    parts = sorted((out / "predictions/base").glob("synthetic_vqa.rank*.jsonl"))
+    finished = sum(_complete_lines(p) for p in parts)
+    assert parts and 2 <= finished <= 4
+    assert not (out / "results/base.json").exists()
+
+    resumed = run_eval(config)  # one process picks up what the two left
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = json.loads((out / "results/base.json").read_text())
+    assert [r["generated"] for r in rows] == [4 - finished, 4, 4]
+    assert outcome(out) == uninterrupted
+
+
+def _complete_lines(path: Path) -> int:
+    n = 0
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+            n += 1
+        except json.JSONDecodeError:
+            pass  # cut by the kill
+    return n
+
+
+def test_killed_run_mid_task_loses_only_the_unfinished_batch(tiny, corpus, tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    config = write_config(tiny, corpus, out, batch_size=1)
+    killed = run_eval(config, env={"QWEN3VL_EVAL_KILL_AFTER_BATCHES": "3"})
+    assert killed.returncode == -9
+    assert len((out / "predictions/base/synthetic_vqa.jsonl").read_text().splitlines()) == 3
+    resumed = run_eval(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = json.loads((out / "results/base.json").read_text())
+    assert [r["generated"] for r in rows] == [1, 4, 4]
+    assert outcome(out) == uninterrupted
