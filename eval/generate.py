@@ -4,6 +4,9 @@ cannot be prepared (an unreadable image) is recorded by the runner without losin
 - ``prepare(sample, budget)``: one sample's model input; raises OSError / ValueError on bad input;
 - ``generate(prepared)``: the replies for a list of prepared inputs, in order.
 
+A backend also exposes ``processor``, the checkpoint's own: the runner reads its chat template
+(a Thinking template opens ``<think>`` in the prompt, which changes how replies are scored).
+
 ``hf`` is batched generation with transformers (left padding, greedy by default); ``vllm``
 (``eval.vllm_backend``) serves the same prompts through vLLM when it is installed and a GPU
 is present.

@@ -18,6 +18,22 @@ def strip_thinking(text: str) -> str:
     return THINK_RE.sub("", text, count=1).strip() if "</think>" in text else text.strip()
 
 
+def thinking_truncated(text: str, prompt_opens_thinking: bool = False) -> bool:
+    """Reasoning that never closed, so no answer was written: the reply opened ``<think>``, or
+    the prompt did (Thinking checkpoints' templates end the generation prompt with it, so their
+    replies carry only the closing tag), and ``</think>`` never came (max_new_tokens ran out).
+    Such a reply is scored wrong and counted, never searched for an answer."""
+    return "</think>" not in text and (prompt_opens_thinking or "<think>" in text)
+
+
+def prompt_opens_thinking(processor) -> bool:
+    """Whether the checkpoint's chat template starts the reply inside ``<think>``."""
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "?"}]}], tokenize=False,
+        add_generation_prompt=True)
+    return prompt.rstrip().endswith("<think>")
+
+
 def normalize(text: str) -> str:
     text = text.strip().lower()
     text = re.sub(r"[\s]+", " ", text)

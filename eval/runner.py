@@ -30,7 +30,7 @@ from eval import leaderboard
 from eval.checkpoints import resolve_checkpoint
 from eval.config import EvalConfig
 from eval.generate import build_generator
-from eval.metrics import strip_thinking
+from eval.metrics import prompt_opens_thinking, strip_thinking, thinking_truncated
 from eval.tasks import get_task
 from train.distributed import DistInfo, barrier, cleanup, init_distributed
 
@@ -99,6 +99,7 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
     samples = task.load(spec)[: spec.limit]
     budget = cfg.vision.with_overrides(spec.vision, f"tasks.{spec.name}.vision")
     key = run_key(cfg, ck, spec)
+    opens_thinking = prompt_opens_thinking(generator.processor)
     pred_path = out_dir / "predictions" / ck.name / f"{spec.name}.jsonl"
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_cached(pred_path, key)
@@ -121,9 +122,11 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
             if prepared:
                 texts = generator.generate([p for _, p in prepared])
                 for (s, _), text in zip(prepared, texts):
-                    score, parsed = task.score(strip_thinking(text), s)  # for reading the file
-                    records.append({"id": s.id, "prediction": text, "answer": s.answer(),
-                                    "score": score, "parsed": parsed})
+                    record = {"id": s.id, "prediction": text, "answer": s.answer()}
+                    if thinking_truncated(text, opens_thinking):
+                        record["thinking_truncated"] = True
+                    record["score"], record["parsed"] = score_record(task, s, record)  # for readers
+                    records.append(record)
             for r in records:
                 r["key"] = key
                 f.write(json.dumps(r) + "\n")
@@ -147,23 +150,31 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
     return row
 
 
+def score_record(task, sample, record: dict) -> tuple[float, bool]:
+    """(score, parsed) of one recorded prediction. Failed samples and unfinished reasoning
+    score 0; the latter also counts as unparsed."""
+    if "error" in record:
+        return 0.0, True
+    if record.get("thinking_truncated"):
+        return 0.0, False
+    return task.score(strip_thinking(record["prediction"]), sample)
+
+
 def score_task(task, samples: list, done: dict[str, dict]) -> dict:
     """Score every sample from its recorded prediction; failures score 0 and are counted."""
-    scores, unparsed, failed = [], 0, 0
+    scores, unparsed, failed, truncated = [], 0, 0, 0
     groups: dict[str, list[float]] = {}
     for s in samples:
         record = done[s.id]
-        if "error" in record:
-            failed += 1
-            score = 0.0
-        else:
-            score, parsed = task.score(strip_thinking(record["prediction"]), s)
-            unparsed += not parsed
+        score, parsed = score_record(task, s, record)
+        failed += "error" in record
+        truncated += bool(record.get("thinking_truncated"))
+        unparsed += not parsed
         scores.append(score)
         for group in breakdown_keys(task, s):
             groups.setdefault(group, []).append(score)
     row = {"metric": task.metric, "score": sum(scores) / len(scores), "n": len(scores),
-           "unparsed": unparsed, "failed": failed}
+           "unparsed": unparsed, "failed": failed, "thinking_truncated": truncated}
     if groups:
         row["breakdown"] = {g: {"score": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())}
     return row

@@ -105,3 +105,10 @@ def test_unknown_task_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown task 'mmmu_pro'"):
         load_config(EvalConfig, None, ["checkpoints=[{name: a, path: b}]",
                                        "tasks=[{name: mmmu_pro, data: x}]"])
+
+
+@pytest.mark.parametrize("path", [ROOT / "configs/demo/eval.yaml", *sorted((ROOT / "configs/eval").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_shipped_eval_configs_load(path):
+    cfg = load_config(EvalConfig, path)
+    assert cfg.checkpoints and cfg.tasks

@@ -177,3 +177,26 @@ def test_killed_run_mid_task_loses_only_the_unfinished_batch(tiny, corpus, tmp_p
     rows = json.loads((out / "results/base.json").read_text())
     assert [r["generated"] for r in rows] == [1, 4, 4]
     assert outcome(out) == uninterrupted
+
+
+# --- Thinking checkpoints --------------------------------------------------------------------
+
+def test_thinking_checkpoint_cut_off_mid_reasoning_is_unparsed_not_guessed(tiny, corpus, tmp_path):
+    """A Thinking template opens <think> in the prompt; with max_new_tokens too small for the
+    reasoning to close, every reply is scored wrong and counted, whatever it contains."""
+    from data.configio import load_config
+    from data.processor import save_processor
+    from eval.config import EvalConfig
+    from eval.runner import evaluate
+
+    thinking = tmp_path / "thinking"
+    shutil.copytree(tiny["dense"], thinking)
+    save_processor(thinking, "qwen3_vl_thinking")
+    cfg = load_config(EvalConfig, None, [
+        f"output_dir={tmp_path}/eval", f"checkpoints=[{{name: t, path: {thinking}}}]",
+        f"tasks=[{{name: synthetic_vqa, data: {corpus['eval']}}}]", "progress=false",
+        "generation.max_new_tokens=4"])
+    [row] = evaluate(cfg)
+    assert (row["n"], row["thinking_truncated"], row["unparsed"], row["score"]) == (4, 4, 4, 0.0)
+    records = [json.loads(x) for x in (tmp_path / "eval/predictions/t/synthetic_vqa.jsonl").read_text().splitlines()]
+    assert all(r["thinking_truncated"] and r["parsed"] is False for r in records)

@@ -54,3 +54,17 @@ def test_strip_thinking():
     assert strip_thinking("<think>\nhmm\n</think>\n\nred") == "red"
     assert strip_thinking("hmm, no opening tag</think>blue") == "blue"
     assert strip_thinking("plain") == "plain"
+
+
+def test_thinking_truncated():
+    from data.processor import build_processor
+    from eval.metrics import prompt_opens_thinking, thinking_truncated
+
+    assert thinking_truncated("<think>\nstill going")
+    assert not thinking_truncated("<think>done</think> B")
+    assert not thinking_truncated("B")  # an Instruct reply
+    # A Thinking template opens <think> in the prompt: a reply without </think> never finished.
+    assert thinking_truncated("so the answer is B", prompt_opens_thinking=True)
+    assert not thinking_truncated("hmm</think>B", prompt_opens_thinking=True)
+    assert prompt_opens_thinking(build_processor("qwen3_vl_thinking"))
+    assert not prompt_opens_thinking(build_processor("qwen3_vl_instruct"))
