@@ -1,5 +1,6 @@
-"""MMMU and MathVista fixtures (published column layouts) through the harness end to end with the
-tiny model: results rows with per-subject / per-task breakdowns, and the leaderboard."""
+"""Benchmark fixtures (published column layouts) through the harness end to end with the tiny
+model: results rows with per-subject / per-task breakdowns, and the leaderboard. (DocVQA's is
+in test_docvqa.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 from data.configio import load_config
 from eval.config import EvalConfig
-from tests import test_mathvista, test_mmmu
+from tests import test_eval_grounding, test_mathvista, test_mmmu
 
 
 def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
@@ -33,3 +34,23 @@ def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
         assert sum(not r["parsed"] for r in records) == rows[task]["unparsed"]
     board = json.loads((tmp_path / "out/board.json").read_text())
     assert {r["task"] for r in board} == {"mmmu_val", "mathvista_testmini"}
+
+
+def test_grounding_end_to_end(tmp_path, tiny):
+    from eval.runner import evaluate
+
+    refcoco = test_eval_grounding.refcoco_folder(tmp_path)
+    screens = tmp_path / "screens"
+    screens.mkdir()
+    screenspot = test_eval_grounding.screenspot_file(screens)
+    cfg = load_config(EvalConfig, None, [
+        f"checkpoints=[{{name: base, path: {tiny['moe']}}}]", f"output_dir={tmp_path / 'out'}",
+        f"tasks=[{{name: refcoco_testA, data: {refcoco}}}, {{name: screenspot_v2, data: {screenspot}}}]",
+        "progress=false", "generation.max_new_tokens=8", "leaderboard=" + str(tmp_path / "out/board")])
+    rows = {r["task"]: r for r in evaluate(cfg)}
+    assert (rows["refcoco_testA"]["n"], rows["refcoco_testA"]["metric"]) == (2, "acc_iou50")
+    assert (rows["refcoco_testA"]["benchmark"], rows["refcoco_testA"]["split"]) == ("RefCOCO", "testA")
+    assert (rows["screenspot_v2"]["n"], rows["screenspot_v2"]["benchmark"]) == (1, "ScreenSpot-v2")
+    assert all(r["arch"] == "moe" and r["checkpoint_kind"] == "base" for r in rows.values())
+    board = json.loads((tmp_path / "out/board.json").read_text())
+    assert {r["task"] for r in board} == {"refcoco_testA", "screenspot_v2"}

@@ -22,6 +22,10 @@ def png(size) -> dict:
 
 @pytest.fixture
 def refcoco(tmp_path):
+    return refcoco_folder(tmp_path)
+
+
+def refcoco_folder(tmp_path):
     """lmms-lab/RefCOCO testA: parquet shards plus the card naming the splits."""
     from datasets import Dataset, Features, Image as HFImage, List, Value
 
@@ -61,11 +65,17 @@ def test_refcoco_loads_one_sample_per_expression_and_scores_iou(refcoco):
         assert task.score(prediction, samples[0]) == expected, prediction
 
 
-def test_screenspot_point_or_box_centre_in_the_element(tmp_path):
+def screenspot_file(tmp_path):
+    """ScreenSpot-v2's layout: one JSON list per platform beside the screenshots."""
     Image.new("RGB", (1000, 500), "white").save(tmp_path / "web_3.png")
     records = [{"img_filename": "web_3.png", "bbox": [600, 100, 200, 50], "instruction": "Sign in",
                 "data_type": "text", "data_source": "shop"}]
     (tmp_path / "screenspot_web.json").write_text(json.dumps(records))
+    return tmp_path / "screenspot_web.json"
+
+
+def test_screenspot_point_or_box_centre_in_the_element(tmp_path):
+    screenspot_file(tmp_path)
     task = get_task("screenspot_v2")
     (sample,) = task.load(TaskSpec(name="screenspot_v2", data=str(tmp_path / "screenspot_web.json")))
     inside, outside = point_to_relative([700, 125], 1000, 500), point_to_relative([500, 125], 1000, 500)
