@@ -3,8 +3,9 @@
 Predictions stream to ``output_dir/predictions/<checkpoint>/<task>.jsonl`` as each batch
 finishes, each record tagged with a hash of (checkpoint, adapter, task, generation, vision,
 dtype, backend). A rerun with the same settings skips what is already there, so a killed eval
-loses nothing and scores the same. A sample that cannot be prepared (an unreadable image) is
-recorded as a failure and scored 0; it never stops the run.
+loses nothing and scores the same. A sample that cannot be prepared (an unreadable image) or
+generated (see ``generate_each``) is recorded as a failure and scored 0; it never stops the
+run, and a rerun tries it again.
 
 Data parallel: under ``torchrun --nproc_per_node N python -m eval ...`` every rank loads the
 model, takes every N-th unfinished sample and streams its predictions to its own
@@ -104,7 +105,7 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_cached(pred_path, key)
     barrier()  # every rank has read the cache before any rank writes to it
-    todo = [s for s in samples if s.id not in done]
+    todo = [s for s in samples if s.id not in done or "error" in done[s.id]]
     mine = todo[rank::world]
     out_path = pred_path if world == 1 else pred_path.with_name(f"{spec.name}.rank{rank}.jsonl")
 
@@ -119,9 +120,11 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
                     prepared.append((s, generator.prepare(s, budget)))
                 except (OSError, ValueError) as e:
                     records.append({"id": s.id, "prediction": "", "error": f"{type(e).__name__}: {e}"})
-            if prepared:
-                texts = generator.generate([p for _, p in prepared])
-                for (s, _), text in zip(prepared, texts):
+            for s, text in generate_each(generator, prepared):
+                if isinstance(text, Exception):
+                    records.append({"id": s.id, "prediction": "",
+                                    "error": f"generation failed: {type(text).__name__}: {text}"})
+                else:
                     record = {"id": s.id, "prediction": text, "answer": s.answer()}
                     if thinking_truncated(text, opens_thinking):
                         record["thinking_truncated"] = True
@@ -148,6 +151,29 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
                benchmark=getattr(task, "benchmark", spec.name), generated=len(todo), processes=world,
                seconds=round(seconds, 2), config_hash=key)
     return row
+
+
+def generate_each(generator, prepared: list[tuple]) -> list[tuple]:
+    """[(sample, reply text or the exception that sample raised)]. A batch that fails (an
+    out-of-memory on one long sample, say) is retried one sample at a time so that only the
+    culprits are recorded as failed; when every sample fails alone too, the fault is not in
+    the data, and the error stops the run (finished batches are already on disk)."""
+    if not prepared:
+        return []
+    try:
+        return list(zip([s for s, _ in prepared], generator.generate([p for _, p in prepared])))
+    except Exception as batch_error:  # noqa: BLE001 - decided per sample below
+        if len(prepared) == 1:
+            raise
+        results = []
+        for s, p in prepared:
+            try:
+                results.append((s, generator.generate([p])[0]))
+            except Exception as e:  # noqa: BLE001 - recorded with the sample
+                results.append((s, e))
+        if all(isinstance(text, Exception) for _, text in results):
+            raise batch_error
+        return results
 
 
 def score_record(task, sample, record: dict) -> tuple[float, bool]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from eval.checkpoints import resolve_checkpoint
@@ -200,3 +201,51 @@ def test_thinking_checkpoint_cut_off_mid_reasoning_is_unparsed_not_guessed(tiny,
     assert (row["n"], row["thinking_truncated"], row["unparsed"], row["score"]) == (4, 4, 4, 0.0)
     records = [json.loads(x) for x in (tmp_path / "eval/predictions/t/synthetic_vqa.jsonl").read_text().splitlines()]
     assert all(r["thinking_truncated"] and r["parsed"] is False for r in records)
+
+
+# --- generation failures ---------------------------------------------------------------------
+
+def test_a_sample_that_fails_to_generate_is_recorded_and_retried_on_rerun(tiny, corpus, tmp_path):
+    """A batch whose generation raises is retried one sample at a time: only the culprit is
+    recorded as failed, the run goes on, and the next run tries the culprit again."""
+    from data.configio import load_config
+    from eval.config import EvalConfig
+    from eval.generate import HFGenerator
+    from eval.runner import evaluate_task
+
+    class FailsOnOneSample(HFGenerator):
+        broken, victim, victim_inputs = True, "eval-doc-00002", set()
+
+        def prepare(self, sample, budget):
+            prepared = super().prepare(sample, budget)
+            if sample.id == self.victim:
+                self.victim_inputs.add(id(prepared))
+            return prepared
+
+        def generate(self, prepared):
+            if self.broken and any(id(p) in self.victim_inputs for p in prepared):
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super().generate(prepared)
+
+    cfg = load_config(EvalConfig, None, [
+        f"checkpoints=[{{name: base, path: {tiny['dense']}}}]",
+        f"tasks=[{{name: synthetic_doc, data: {corpus['eval']}}}]", "progress=false",
+        "generation.batch_size=4", "generation.max_new_tokens=4"])
+    generator = FailsOnOneSample(resolve_checkpoint(str(tiny["dense"])), cfg, torch.device("cpu"))
+    spec = cfg.tasks[0]
+
+    row = evaluate_task(generator, cfg, cfg.checkpoints[0], spec, tmp_path)
+    assert (row["failed"], row["n"]) == (1, 4)
+    records = [json.loads(x) for x in (tmp_path / "predictions/base/synthetic_doc.jsonl").read_text().splitlines()]
+    [failed] = [r for r in records if "error" in r]
+    assert failed["id"] == generator.victim
+    assert failed["error"] == "generation failed: RuntimeError: CUDA out of memory (simulated)"
+
+    generator.broken = False  # the next run retries only the failed sample
+    row = evaluate_task(generator, cfg, cfg.checkpoints[0], spec, tmp_path)
+    assert (row["failed"], row["generated"]) == (0, 1)
+
+    # Every sample failing alone too: the fault is not in the data; the run stops.
+    generator.generate = lambda prepared: (_ for _ in ()).throw(RuntimeError("driver gone"))
+    with pytest.raises(RuntimeError, match="driver gone"):
+        evaluate_task(generator, cfg, cfg.checkpoints[0], spec, tmp_path / "other")
