@@ -1,67 +1,329 @@
-"""Leaderboard: every results file under an eval folder, as a Markdown table and a JSON list."""
+"""Leaderboard: eval results from many runs, as one JSON list, a Markdown table, a static HTML
+page, a PNG chart and (optionally) a wandb table.
+
+Schema. The leaderboard JSON is a list of entries, each with exactly these keys (``ENTRY_KEYS``):
+
+    model        base model path or hub id (str or null for very old results)
+    checkpoint   the row label, e.g. "base", "lora-demo"
+    benchmark    family display name, e.g. "MMMU", "RefCOCO", "synthetic"
+    task         registered task name, e.g. "mmmu_val", "refcoco_testA"
+    split        e.g. "validation", "testA", or null
+    metric       e.g. "accuracy", "anls", "acc_iou50"
+    n            number of samples scored
+    score        float in [0, 1]
+    config_hash  the run's cache key (16 hex chars) or null
+    date         ISO-8601 UTC time of the run, e.g. "2026-11-23T10:00:00Z", or null
+
+Everything else a results row carries (adapter, unparsed, breakdown, ...) stays in the eval's
+``results/<checkpoint>.json``: the leaderboard compares scores; the results say how they came about.
+
+Merging. Inputs are eval output folders, their ``results/`` folders, results files, or earlier
+leaderboard files, in any mix; ``normalise`` turns each row into an entry. When the same
+(checkpoint, task) appears more than once, the entry with the newest ``date`` wins (no date
+counts as oldest; on a tie the one read last wins), so re-running an eval into a new folder
+updates the board instead of duplicating rows. Entries keep the order in which their
+(checkpoint, task) was first seen.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
+
+ENTRY_KEYS = ("model", "checkpoint", "benchmark", "task", "split", "metric", "n", "score",
+              "config_hash", "date")
+REQUIRED_KEYS = ("checkpoint", "task", "metric", "score", "n")
+
+
+def normalise(row: dict, source: str) -> dict:
+    """One leaderboard entry from a results row (current or pre-schema format) or from an
+    existing entry. Rows written before results carried benchmark/split/config_hash/date had
+    ``key`` for the hash and nothing for the rest: the benchmark comes from the task registry
+    (the task name when unregistered), split and date stay null. ``source`` names the file and
+    row in errors."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{source}: expected an object, got {type(row).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in row]
+    if missing:
+        raise ValueError(f"{source}: missing {', '.join(missing)}")
+    score = row["score"]
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise ValueError(f"{source}: score must be a number, got {score!r}")
+    if isinstance(row["n"], bool) or not isinstance(row["n"], int):
+        raise ValueError(f"{source}: n must be an integer, got {row['n']!r}")
+    date = row.get("date")
+    if date is not None:
+        _parse_date(date, source)
+    return {"model": row.get("model"), "checkpoint": str(row["checkpoint"]),
+            "benchmark": row.get("benchmark") or _benchmark_of(row["task"]),
+            "task": str(row["task"]), "split": row.get("split"), "metric": str(row["metric"]),
+            "n": row["n"], "score": float(score),
+            "config_hash": row.get("config_hash", row.get("key")), "date": date}
+
+
+def _benchmark_of(task: str) -> str:
+    from eval.tasks import TASKS  # imported only for pre-schema rows: it loads the task modules
+
+    return str(getattr(TASKS.get(task), "benchmark", task))
+
+
+def _parse_date(date, source: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(date).replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{source}: date is not ISO-8601: {date!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def merge(entries: list[dict]) -> list[dict]:
+    """One entry per (checkpoint, task): the newest by date (see the module docstring)."""
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    best: dict[tuple[str, str], dict] = {}
+    for entry in entries:
+        key = (entry["checkpoint"], entry["task"])
+        held = best.get(key)
+        when = oldest if entry["date"] is None else _parse_date(entry["date"], key)
+        if held is None or when >= (oldest if held["date"] is None else _parse_date(held["date"], key)):
+            best[key] = entry
+    return list(best.values())
+
+
+def as_entries(rows: list[dict]) -> list[dict]:
+    """Rows handed in by a caller (results rows or entries) as merged entries, so every output
+    holds one entry per (checkpoint, task) whatever it is given."""
+    return merge([normalise(r, f"row {i}") for i, r in enumerate(rows)])
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The entries of one results or leaderboard file (a JSON list of rows)."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of result rows, got {type(rows).__name__}")
+    return [normalise(row, f"{path}: row {i}") for i, row in enumerate(rows)]
+
+
+def result_files(source: Path) -> list[Path]:
+    """The JSON files a source stands for: a file itself; an eval output folder's ``results/*.json``;
+    else a folder's own ``*.json``."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such results file or folder")
+    folder = source / "results" if (source / "results").is_dir() else source
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ValueError(f"{folder}: no results files (*.json) found")
+    return files
+
+
+def load(sources: list[str | Path]) -> list[dict]:
+    """Merged entries from any mix of eval output folders, results folders, results files and
+    leaderboard files, read in the order given."""
+    return merge([entry for source in sources for path in result_files(Path(source))
+                  for entry in read_rows(path)])
 
 
 def collect(results_dir: Path) -> list[dict]:
-    rows = []
-    for path in sorted(Path(results_dir).glob("*.json")):
-        rows.extend(json.loads(path.read_text()))
-    return rows
+    """Merged entries from every results file in one eval's ``results/`` folder (none: [])."""
+    return merge([entry for path in sorted(Path(results_dir).glob("*.json"))
+                  for entry in read_rows(path)])
 
 
-def markdown(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
-    checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
-    score = {(r["checkpoint"], r["task"]): r for r in rows}
-    head = "| checkpoint | " + " | ".join(f"{t} ({m})" for t, m in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 1)]
-    for ck in checkpoints:
+def columns(entries: list[dict]) -> list[dict]:
+    """One column per task, grouped by benchmark (benchmarks and tasks in order of first
+    appearance): {task, metric, benchmark, split, n}; n is the sample count as text, e.g. "900",
+    or "450/900" when checkpoints were scored on different numbers of samples."""
+    by_task: dict[str, dict] = {}
+    counts: dict[str, set[int]] = {}
+    for e in entries:
+        by_task.setdefault(e["task"], {k: e[k] for k in ("task", "metric", "benchmark", "split")})
+        counts.setdefault(e["task"], set()).add(e["n"])
+    for task, column in by_task.items():
+        column["n"] = "/".join(map(str, sorted(counts[task])))
+    order = list(dict.fromkeys(c["benchmark"] for c in by_task.values()))
+    return sorted(by_task.values(), key=lambda c: order.index(c["benchmark"]))
+
+
+def checkpoints(entries: list[dict]) -> list[str]:
+    return list(dict.fromkeys(e["checkpoint"] for e in entries))
+
+
+def score_table(entries: list[dict]) -> dict[tuple[str, str], float]:
+    """{(checkpoint, task): score}."""
+    return {(e["checkpoint"], e["task"]): e["score"] for e in entries}
+
+
+def _check_base(entries: list[dict], base: str | None) -> None:
+    if base is not None and base not in checkpoints(entries):
+        raise ValueError(f"base checkpoint {base!r} is not on the leaderboard; "
+                         f"checkpoints: {checkpoints(entries)}")
+
+
+def markdown(rows: list[dict], base: str | None = None) -> str:
+    """Rows = checkpoints, columns = task (metric), scores in %. With ``base``, every other
+    checkpoint's score also shows its difference from the base in points: ``41.2 (+3.1)``."""
+    entries = as_entries(rows)
+    _check_base(entries, base)
+    cols, score = columns(entries), score_table(entries)
+    lines = ["| checkpoint | " + " | ".join(_md(f"{c['task']} ({c['metric']})") for c in cols) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    for ck in checkpoints(entries):
         cells = []
-        for task, _ in columns:
-            r = score.get((ck, task))
-            cells.append("" if r is None else f"{100 * r['score']:.1f}")
-        lines.append(f"| {ck} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nScores in %, n per task: " + ", ".join(
-        f"{t}={next(r['n'] for r in rows if r['task'] == t)}" for t, _ in columns) + "\n"
+        for c in cols:
+            value, ref = score.get((ck, c["task"])), score.get((base, c["task"]))
+            cell = "" if value is None else f"{100 * value:.1f}"
+            if value is not None and ref is not None and ck != base:
+                cell += f" ({100 * (value - ref):+.1f})"
+            cells.append(cell)
+        lines.append(f"| {_md(ck)} | " + " | ".join(cells) + " |")
+    note = f"; deltas in points vs {base}" if base is not None else ""
+    return "\n".join(lines) + f"\n\nScores in %{note}. n per task: " + ", ".join(
+        f"{c['task']}={c['n']}" for c in cols) + "\n"
 
 
-def write(rows: list[dict], stem: str | Path) -> tuple[Path, Path]:
+def _md(text: str) -> str:
+    """A table cell's text: a ``|`` in a name would otherwise split the cell."""
+    return text.replace("|", "\\|")
+
+
+def write(rows: list[dict], stem: str | Path, base: str | None = None) -> tuple[Path, Path]:
+    """``<stem>.md`` and ``<stem>.json`` (the schema above)."""
+    entries = as_entries(rows)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
-    md.write_text(markdown(rows))
-    js.write_text(json.dumps([{k: r[k] for k in ("checkpoint", "task", "metric", "score", "n")}
-                              for r in rows], indent=1))
+    md.write_text(markdown(entries, base), encoding="utf-8")
+    js.write_text(json.dumps(entries, indent=1))
     return md, js
 
 
+def write_html(rows: list[dict], path: str | Path, base: str | None = None) -> Path:
+    """A self-contained page (no network): sortable table, deltas vs a base picked in the page
+    (initially ``base``), per-benchmark bar chart."""
+    from eval.leaderboard_html import render
+
+    entries = as_entries(rows)
+    _check_base(entries, base)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(entries, columns(entries), checkpoints(entries), base), encoding="utf-8")
+    return path
+
+
+def write_png(rows: list[dict], path: str | Path) -> Path:
+    """Grouped bar chart: one group per task, one bar (and colour) per checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = as_entries(rows)
+    cols, cks, score = columns(entries), checkpoints(entries), score_table(entries)
+    width = 0.8 / max(len(cks), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(cols) * (0.5 + 0.35 * len(cks))), 4.5))
+    for i, ck in enumerate(cks):
+        xs = [j + (i - (len(cks) - 1) / 2) * width for j in range(len(cols))]
+        ax.bar(xs, [100 * score.get((ck, c["task"]), float("nan")) for c in cols], width,
+               label=ck.replace("$", r"\$"), color=plt.cm.tab10(i % 10))  # "$" would start mathtext
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([f"{c['benchmark']}\n{c['task']}\n({c['metric']})" for c in cols], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("score (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_figures(rows: list[dict], stem: str | Path, base: str | None = None) -> tuple[Path, Path]:
+    """``<stem>.html`` and ``<stem>.png`` (see ``write_html`` and ``write_png``)."""
+    stem = Path(stem)
+    return write_html(rows, stem.with_suffix(".html"), base), write_png(rows, stem.with_suffix(".png"))
+
+
+def log_wandb(rows: list[dict], project: str, run_name: str | None = None, key: str = "leaderboard"):
+    """Log the entries as a ``wandb.Table`` under ``key`` in a new run of ``project`` (honours
+    WANDB_MODE / WANDB_DIR). Returns the finished run."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError("leaderboard --wandb needs wandb: pip install wandb") from None
+    entries = as_entries(rows)
+    run = wandb.init(project=project, name=run_name, job_type="leaderboard")
+    try:
+        run.log({key: wandb.Table(columns=list(ENTRY_KEYS), data=[[e[k] for k in ENTRY_KEYS] for e in entries])})
+    finally:
+        run.finish()
+    return run
+
+
+def ahead_failures(entries: list[dict], ahead: str, behind: str) -> list[str]:
+    """Every task on which checkpoint ``ahead`` does not score strictly above ``behind`` (a
+    missing score counts as 0), as messages; [] when it is ahead everywhere."""
+    score = score_table(entries)
+    return [f"{ahead} is not ahead of {behind} on {task}: "
+            f"{score.get((ahead, task))} vs {score.get((behind, task))}"
+            for task in dict.fromkeys(e["task"] for e in entries)
+            if not score.get((ahead, task), 0.0) > score.get((behind, task), 0.0)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eval.leaderboard LEADERBOARD.json [--expect-ahead A:B ...]``: print it, and
-    exit 1 unless checkpoint A scores above checkpoint B on every task."""
+    """``python -m eval.leaderboard SOURCE... [--out STEM] [--base CK] [--html] [--png]
+    [--wandb PROJECT] [--expect-ahead A:B ...]``: merge the sources (eval output folders,
+    results folders, results or leaderboard files), print the table, write what is asked, and
+    exit 1 unless each checkpoint A scores above checkpoint B on every task."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m eval.leaderboard")
-    parser.add_argument("leaderboard")
+    parser = argparse.ArgumentParser(prog="python -m eval.leaderboard", description=main.__doc__)
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="eval output folder, results folder, results file or leaderboard file")
+    parser.add_argument("--out", metavar="STEM", help="write STEM.md and STEM.json")
+    parser.add_argument("--base", metavar="CHECKPOINT", help="show deltas vs this checkpoint")
+    parser.add_argument("--html", action="store_true", help="also write STEM.html (needs --out)")
+    parser.add_argument("--png", action="store_true", help="also write STEM.png (needs --out)")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log the entries as a wandb table")
     parser.add_argument("--expect-ahead", action="append", default=[], metavar="A:B")
     args = parser.parse_args(argv)
-    rows = json.loads(Path(args.leaderboard).read_text())
-    print(markdown(rows))
-    failed = False
+    if (args.html or args.png) and not args.out:
+        parser.error("--html and --png need --out STEM")
+    for pair in args.expect_ahead:
+        if not all(pair.partition(":")[::2]):
+            parser.error(f"--expect-ahead {pair!r}: expected AHEAD:BEHIND, two checkpoint names")
+    try:
+        entries = load(args.sources)
+        _check_base(entries, args.base)
+    except (OSError, ValueError) as e:
+        print(f"[leaderboard] {e}")
+        return 2
+    print(markdown(entries, args.base))
+    if args.out:
+        written = [*write(entries, args.out, args.base)]
+        if args.html:
+            written.append(write_html(entries, Path(args.out).with_suffix(".html"), args.base))
+        if args.png:
+            written.append(write_png(entries, Path(args.out).with_suffix(".png")))
+        print("[leaderboard] wrote " + " ".join(map(str, written)))
+    if args.wandb:
+        log_wandb(entries, args.wandb)
+    failures = []
     for pair in args.expect_ahead:
         a, _, b = pair.partition(":")
-        score = {(r["checkpoint"], r["task"]): r["score"] for r in rows}
-        for task in dict.fromkeys(r["task"] for r in rows):
-            if not score.get((a, task), 0.0) > score.get((b, task), 0.0):
-                print(f"[leaderboard] {a} is not ahead of {b} on {task}: "
-                      f"{score.get((a, task))} vs {score.get((b, task))}")
-                failed = True
-    if args.expect_ahead and not failed:
+        failures += ahead_failures(entries, a, b)
+    for failure in failures:
+        print(f"[leaderboard] {failure}")
+    if args.expect_ahead and not failures:
         print(f"[leaderboard] ahead on every task: {', '.join(args.expect_ahead)}")
-    return 1 if failed else 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,204 @@
+"""The leaderboard's static HTML page: one self-contained file (inline CSS, JS and SVG, nothing
+fetched), so it can be opened from disk, attached to a report or served from anywhere.
+
+The table and the bar chart are rendered here, in Python, with every string escaped; the
+script only rearranges what is already on the page: it sorts the table when a header is
+clicked (numerically for score columns; a second click reverses) and writes each score's
+delta vs the checkpoint chosen in the base select. Scores travel in ``data-score``
+attributes, so the script never parses display text and never builds HTML from data. (The
+empty ``data:`` icon keeps browsers from asking a server for /favicon.ico.)
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+# matplotlib's tab10, so the page and the PNG give each checkpoint the same colour.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+
+CHART_HEIGHT = 200  # px of the 0-100 % axis
+BAR_WIDTH, BAR_GAP, GROUP_GAP, MIN_GROUP = 14, 2, 24, 84
+LEFT, TOP, BOTTOM = 44, 12, 56
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.4em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; }
+th { background: #f4f4f4; cursor: pointer; user-select: none; vertical-align: bottom; }
+th .bench, th .metric, th .n { display: block; font-weight: normal; font-size: 0.85em; color: #555; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
+td.score { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.delta { font-size: 0.85em; }
+.delta.pos { color: #1a7f37; } .delta.neg { color: #cf222e; }
+tr.base td { background: #fff8c5; }
+.legend span { display: inline-block; margin-right: 1em; }
+.legend i { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em; vertical-align: -0.1em; }
+.chart { overflow-x: auto; }
+svg text { font: 11px system-ui, sans-serif; fill: #333; }
+svg .grid { stroke: #e5e5e5; }
+"""
+
+SCRIPT = """
+(function () {
+  const table = document.getElementById("board");
+  const body = table.tBodies[0];
+  const heads = Array.from(table.tHead.rows[0].cells);
+  const select = document.getElementById("base");
+
+  function sortKey(row, i, numeric) {
+    const cell = row.cells[i];
+    if (!numeric) return cell.dataset.sort;
+    return cell.dataset.score === "" ? null : Number(cell.dataset.score);
+  }
+
+  function sortBy(i) {
+    const ascending = heads[i].getAttribute("aria-sort") !== "ascending";
+    const numeric = heads[i].dataset.type === "num";
+    heads.forEach(h => h.removeAttribute("aria-sort"));
+    heads[i].setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    const rows = Array.from(body.rows);
+    rows.sort((a, b) => {
+      const x = sortKey(a, i, numeric), y = sortKey(b, i, numeric);
+      if (x === null || y === null) return (x === null) - (y === null);  // missing scores last
+      const order = numeric ? x - y : x.localeCompare(y);
+      return ascending ? order : -order;
+    });
+    rows.forEach(row => body.appendChild(row));
+  }
+
+  function showDeltas() {
+    const rows = Array.from(body.rows);
+    const baseRow = rows.find(row => row.dataset.checkpoint === select.value);
+    const reference = {};
+    if (baseRow) {
+      baseRow.querySelectorAll("td.score").forEach(cell => {
+        if (cell.dataset.score !== "") reference[cell.dataset.task] = Number(cell.dataset.score);
+      });
+    }
+    rows.forEach(row => {
+      row.classList.toggle("base", row === baseRow);
+      row.querySelectorAll("td.score").forEach(cell => {
+        const span = cell.querySelector(".delta");
+        if (!span) return;
+        const ref = reference[cell.dataset.task];
+        span.className = "delta";
+        span.textContent = "";
+        if (row === baseRow || ref === undefined) return;
+        const delta = 100 * (Number(cell.dataset.score) - ref);
+        span.textContent = "(" + (delta >= 0 ? "+" : "") + delta.toFixed(1) + ")";
+        span.classList.add(delta > 0 ? "pos" : delta < 0 ? "neg" : "zero");
+      });
+    });
+  }
+
+  heads.forEach((head, i) => head.addEventListener("click", () => sortBy(i)));
+  select.addEventListener("change", showDeltas);
+  showDeltas();
+})();
+"""
+
+
+def render(entries: list[dict], columns: list[dict], checkpoints: list[str], base: str | None,
+           title: str = "Leaderboard") -> str:
+    """The page for leaderboard entries; ``columns`` and ``checkpoints`` fix the order (see
+    ``eval.leaderboard.columns``); ``base`` is the select's initial choice (None: no deltas)."""
+    colour = {ck: PALETTE[i % len(PALETTE)] for i, ck in enumerate(checkpoints)}
+    score = {(e["checkpoint"], e["task"]): e["score"] for e in entries}
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>{escape(title)}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>{escape(title)}</h1>
+<p>Scores in %. Deltas in points vs {_base_select(checkpoints, base)}
+Click a column header to sort; click again to reverse.</p>
+{_table(entries, columns, checkpoints, score)}
+<h2>Scores per benchmark</h2>
+<div class="legend">{"".join(f'<span><i style="background:{colour[ck]}"></i>{escape(ck)}</span>' for ck in checkpoints)}</div>
+<div class="chart">{_chart(columns, checkpoints, score, colour)}</div>
+<script>{SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def _base_select(checkpoints: list[str], base: str | None) -> str:
+    options = ['<option value="">(none)</option>'] + [
+        f'<option value="{escape(ck)}"{" selected" if ck == base else ""}>{escape(ck)}</option>'
+        for ck in checkpoints]
+    return f'<select id="base" aria-label="base checkpoint">{"".join(options)}</select>.'
+
+
+def _table(entries: list[dict], columns: list[dict], checkpoints: list[str], score: dict) -> str:
+    heads = ['<th data-type="text">checkpoint</th>', '<th data-type="text">model</th>',
+             '<th data-type="text">date</th>']
+    for c in columns:
+        where = c["benchmark"] + (f" · {c['split']}" if c["split"] else "")
+        heads.append(f'<th data-type="num" data-task="{escape(c["task"])}">'
+                     f'<span class="bench">{escape(where)}</span>{escape(c["task"])}'
+                     f'<span class="metric">{escape(c["metric"])}</span>'
+                     f'<span class="n">n={escape(c["n"])}</span></th>')
+    rows = []
+    for ck in checkpoints:
+        mine = [e for e in entries if e["checkpoint"] == ck]
+        model = ", ".join(dict.fromkeys(str(e["model"]) for e in mine if e["model"]))
+        date = max((e["date"] for e in mine if e["date"]), default="")
+        cells = [_text_cell(ck), _text_cell(model), _text_cell(date)]
+        for c in columns:
+            value = score.get((ck, c["task"]))
+            task = escape(c["task"])
+            cells.append(f'<td class="score" data-task="{task}" data-score=""></td>' if value is None else
+                         f'<td class="score" data-task="{task}" data-score="{value!r}">'
+                         f'<span class="value">{100 * value:.1f}</span> <span class="delta"></span></td>')
+        rows.append(f'<tr data-checkpoint="{escape(ck)}">{"".join(cells)}</tr>')
+    return (f'<table id="board">\n<thead><tr>{"".join(heads)}</tr></thead>\n'
+            f'<tbody>\n{chr(10).join(rows)}\n</tbody>\n</table>')
+
+
+def _text_cell(text: str) -> str:
+    return f'<td data-sort="{escape(text)}">{escape(text)}</td>'
+
+
+def _chart(columns: list[dict], checkpoints: list[str], score: dict, colour: dict) -> str:
+    """Inline SVG: one group of bars per task (one bar per checkpoint that has a score), tasks
+    of a benchmark side by side under the benchmark's name, a 0-100 % axis."""
+    group = max(len(checkpoints) * (BAR_WIDTH + BAR_GAP), MIN_GROUP)
+    width = LEFT + len(columns) * (group + GROUP_GAP)
+    height = TOP + CHART_HEIGHT + BOTTOM
+    parts = []
+    for pct in (0, 25, 50, 75, 100):
+        y = TOP + CHART_HEIGHT * (1 - pct / 100)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{width}" y1="{y}" y2="{y}"/>'
+                     f'<text x="{LEFT - 6}" y="{y + 4}" text-anchor="end">{pct}%</text>')
+    benchmark_span: dict[str, list[float]] = {}
+    for j, c in enumerate(columns):
+        x0 = LEFT + GROUP_GAP / 2 + j * (group + GROUP_GAP)
+        bars_width = len(checkpoints) * (BAR_WIDTH + BAR_GAP)
+        for i, ck in enumerate(checkpoints):
+            value = score.get((ck, c["task"]))
+            if value is None:
+                continue
+            h = CHART_HEIGHT * min(max(value, 0.0), 1.0)
+            x = x0 + (group - bars_width) / 2 + i * (BAR_WIDTH + BAR_GAP)
+            parts.append(f'<rect class="bar" data-task="{escape(c["task"])}" data-checkpoint="{escape(ck)}" '
+                         f'x="{x}" y="{TOP + CHART_HEIGHT - h:.1f}" width="{BAR_WIDTH}" height="{h:.1f}" '
+                         f'fill="{colour[ck]}"><title>{escape(ck)} · {escape(c["task"])}: '
+                         f'{100 * value:.1f}%</title></rect>')
+        parts.append(f'<text x="{x0 + group / 2}" y="{TOP + CHART_HEIGHT + 16}" text-anchor="middle">'
+                     f'{escape(c["task"])}</text>')
+        span = benchmark_span.setdefault(c["benchmark"], [x0, x0 + group])
+        span[1] = x0 + group
+    for name, (start, end) in benchmark_span.items():
+        parts.append(f'<line x1="{start}" x2="{end}" y1="{TOP + CHART_HEIGHT + 26}" '
+                     f'y2="{TOP + CHART_HEIGHT + 26}" stroke="#999"/>'
+                     f'<text x="{(start + end) / 2}" y="{TOP + CHART_HEIGHT + 42}" text-anchor="middle" '
+                     f'font-weight="bold">{escape(name)}</text>')
+    return (f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'role="img" aria-label="scores per benchmark">{"".join(parts)}</svg>')
