@@ -91,6 +91,7 @@ def main() -> None:
         torch.save({"logits": reference.logits, "generated": reference.generated},
                    out / "reference.pt")
     torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # explicit gloo teardown (see zero3_reload.py)
 
 
 if __name__ == "__main__":

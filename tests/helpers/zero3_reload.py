@@ -34,6 +34,10 @@ def main() -> None:
     if int(os.environ["RANK"]) == 0:
         torch.save({"logits": outputs.logits, "generated": outputs.generated}, out)
     del keep_alive
+    # Leave together and tear gloo down explicitly: a rank that exits while its peer still
+    # works can abort in gloo's thread teardown ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
