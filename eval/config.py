@@ -87,7 +87,10 @@ class EvalConfig:
     # tensor_parallel_size, max_model_len, ...).
     backend: Literal["hf", "vllm"] = "hf"
     vllm: dict = field(default_factory=dict)
-    leaderboard: str | None = None  # write <this>.md and <this>.json over all results found
+    # Over all results found in output_dir/results: <this>.md, .json (one schema), .html (sortable
+    # table, deltas vs leaderboard_base, per-benchmark bars) and .png (grouped bar chart).
+    leaderboard: str | None = None
+    leaderboard_base: str | None = None  # a checkpoint name: deltas against it in md and html
     progress: bool = True
 
     def __post_init__(self):

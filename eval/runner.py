@@ -252,8 +252,9 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
         del generator
     if cfg.leaderboard and dist.is_main:
         rows = leaderboard.collect(out_dir / "results")
-        md, js = leaderboard.write(rows, cfg.leaderboard)
-        print(f"[eval] leaderboard: {md} {js}\n\n{md.read_text()}", flush=True)
+        md, js = leaderboard.write(rows, cfg.leaderboard, cfg.leaderboard_base)
+        html, png = leaderboard.write_figures(rows, cfg.leaderboard, cfg.leaderboard_base)
+        print(f"[eval] leaderboard: {md} {js} {html} {png}\n\n{md.read_text()}", flush=True)
     barrier()
     cleanup()
     return all_rows

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from data.configio import load_config
+from eval import leaderboard
 from eval.config import EvalConfig
 from eval.runner import evaluate
 
@@ -37,9 +38,12 @@ def test_eval_writes_predictions_results_and_leaderboard(tiny, corpus, tmp_path)
     preds = (out / "predictions/base/synthetic_vqa.jsonl").read_text().splitlines()
     assert len(preds) == 4 and all("prediction" in json.loads(p) for p in preds)
     board = json.loads((out / "leaderboard.json").read_text())
-    assert {tuple(sorted(r)) for r in board} == {("checkpoint", "metric", "n", "score", "task")}
+    assert {tuple(r) for r in board} == {leaderboard.ENTRY_KEYS}
     assert {r["checkpoint"] for r in board} == {"base"}
+    assert {r["benchmark"] for r in board} == {"synthetic"}
     assert "| base |" in (out / "leaderboard.md").read_text()
+    assert "<table" in (out / "leaderboard.html").read_text()
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A rerun with the same settings generates nothing and scores the same.
     again = evaluate(eval_config(tiny, corpus["eval"], out))
