@@ -76,7 +76,11 @@ def _open(ref: str):
     return Image.open(ref)
 
 
-def load_image(ref: str) -> Image.Image:
+def load_image(ref) -> Image.Image:
+    """RGB pixels of a reference (path, inline data URI, archive member), or of an image already
+    in memory (a PIL image, as lmms-eval tasks and decoded datasets hand them over)."""
+    if isinstance(ref, Image.Image):
+        return ref.convert("RGB")
     with _open(ref) as im:
         return im.convert("RGB")
 

@@ -136,7 +136,7 @@ class MMMUTask:
         template = templates[0] if multiple_choice else templates[1]
         text = template.format(question=row["question"], options=option_lines if multiple_choice
                                else "", question_type=row["question_type"])
-        content, ordered = _interleave(text, images)
+        content, ordered = interleave(text, images)
         meta = {k: v for k, v in row.items()}
         meta.update(subject=subject_of_id(sample_id), options=options, answers=golds)
         return Sample(id=sample_id, source=where, index=index, meta=meta, images=ordered, messages=[
@@ -152,7 +152,7 @@ class MMMUTask:
         return {"subject": subject(sample), "question_type": sample.meta.get("question_type")}
 
 
-def _interleave(text: str, images: dict[int, str]) -> tuple[list[dict], list[str]]:
+def interleave(text: str, images: dict) -> tuple[list[dict], list]:
     """Content parts with each image at its first ``<image n>`` tag (see the module doc), and
     the image references in the order their parts stand."""
     shown: list[int] = []
@@ -161,7 +161,7 @@ def _interleave(text: str, images: dict[int, str]) -> tuple[list[dict], list[str
     for m in TAG.finditer(text):
         n = int(m.group(1))
         if n not in images:
-            raise ValueError(f"the text names <image {n}> but column image_{n} is empty")
+            raise ValueError(f"the text names <image {n}> but image_{n} is empty")
         if n in shown:
             continue  # a repeat: the tag stays in the text
         _text(parts, text[pos:m.start()])
