@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Main job on the embedded default: synthetic corpus -> tiny Qwen3-VL -> LoRA fine-tune ->
-# eval of base and fine-tuned -> leaderboard (outputs/demo/leaderboard.{md,json}).
+# eval of base and fine-tuned -> leaderboard (outputs/demo/leaderboard.{md,json,html,png}).
 demo: setup
 	$(PY) scripts/run_demo.py --out $(DEMO)
 

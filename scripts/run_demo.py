@@ -1,7 +1,7 @@
 """The main job on the embedded default, end to end on CPU (what `make demo` runs).
 
 synthetic corpus -> tiny Qwen3-VL checkpoints -> LoRA fine-tune -> eval of base and fine-tuned
--> leaderboard at OUT/leaderboard.{md,json}; exits 1 unless the fine-tune beats the base on
+-> leaderboard at OUT/leaderboard.{md,json,html,png}; exits 1 unless the fine-tune beats the base on
 every task. Each step is the public entry point a user would run; extra key=value arguments go
 to the training config (e.g. train.max_steps=200 for a quicker look).
 """
