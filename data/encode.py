@@ -71,8 +71,7 @@ class SampleEncoder:
 
     def encode_prompt(self, sample) -> dict:
         """Generation input: everything before the last assistant turn plus the assistant header."""
-        text = self.processor.apply_chat_template(sample.prompt_messages(), tokenize=False,
-                                                  add_generation_prompt=True)
+        text = prompt_text(self.processor, sample)
         return _example(self._process(text, sample.images, sample.videos, sample.vision_budget), None)
 
     def assistant_labels(self, ids: list[int]) -> list[int]:
@@ -89,6 +88,13 @@ class SampleEncoder:
             else:
                 i += 1
         return labels
+
+
+def prompt_text(processor, sample) -> str:
+    """The generation prompt as text: every turn before the last assistant one, templated by the
+    checkpoint's own chat template, ending with the assistant header (every eval backend)."""
+    return processor.apply_chat_template(sample.prompt_messages(), tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def _example(out, labels) -> dict:

@@ -81,7 +81,6 @@ class Qwen3VLTune(lmms):
         self.strip_thinking = _as_bool(strip_thinking)
         self.prompt_opens_thinking = prompt_opens_thinking(self.processor)
         self.thinking_truncated = 0
-        self.failed = 0
 
     def _init_device(self, device: str | None) -> None:
         """One process: the requested device (default: cuda when present). Under ``accelerate
@@ -127,12 +126,12 @@ class Qwen3VLTune(lmms):
         replies: list[str | None] = [None] * len(requests)
         # Same generation settings in one batch; longest prompts first, so a batch that runs
         # out of memory does so at the start.
-        order = sorted(range(len(requests)),
-                       key=lambda i: (_kwargs_key(requests[i].args[1]), -len(requests[i].args[0])))
+        keys = [_kwargs_key(r.args[1]) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: (keys[i], -len(requests[i].args[0])))
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="qwen3vl_tune")
-        for chunk in self._chunks(order, requests):
+        for chunk in self._chunks(order, keys):
             gen_kwargs = requests[chunk[0]].args[1]
-            self.generator.gen = self.generation_config(gen_kwargs)
+            self.generator.gen = self.generation_config(gen_kwargs)  # this batch's settings
             prepared = []
             for i in chunk:
                 try:
@@ -151,11 +150,11 @@ class Qwen3VLTune(lmms):
                         self.thinking_truncated)
         return replies
 
-    def _chunks(self, order: list[int], requests) -> list[list[int]]:
+    def _chunks(self, order: list[int], keys: list[str]) -> list[list[int]]:
+        """Consecutive requests of ``order`` in batches of at most batch_size, one key each."""
         chunks: list[list[int]] = []
         for i in order:
-            if (chunks and len(chunks[-1]) < self.batch_size_per_gpu
-                    and _kwargs_key(requests[chunks[-1][0]].args[1]) == _kwargs_key(requests[i].args[1])):
+            if chunks and len(chunks[-1]) < self.batch_size_per_gpu and keys[chunks[-1][0]] == keys[i]:
                 chunks[-1].append(i)
             else:
                 chunks.append([i])
@@ -196,7 +195,6 @@ class Qwen3VLTune(lmms):
         return reply
 
     def _failed(self, request, error: Exception) -> str:
-        self.failed += 1
         _, _, _, doc_id, task, split = request.args
         log.warning("qwen3vl_tune: %s/%s doc %s failed, scored as an empty reply: %s",
                     task, split, doc_id, error)

@@ -21,6 +21,7 @@ import json
 import re
 from pathlib import Path
 
+from data.encode import prompt_text
 from data.images import load_image
 
 IMAGE_PAD = "<|image_pad|>"
@@ -125,17 +126,21 @@ def check_lora_adapter(adapter_dir) -> int:
     return int(config["r"])
 
 
+def _names_non_llm(target: str) -> bool:
+    """"all-linear" (every linear layer, the vision tower's included) or a vision/expert word."""
+    return target == "all-linear" or any(word in target for word in NON_LLM_WORDS)
+
+
 def _name_reaches_non_llm(target: str) -> bool:
     """peft's list form: a name matches modules equal to it or ending in ``.<name>``."""
-    if any(word in target for word in NON_LLM_WORDS) or target == "all-linear":
+    if _names_non_llm(target):
         return True
     return any(m == target or m.endswith("." + target) for m in NON_LLM_MODULES)
 
 
 def _regex_reaches_non_llm(pattern: str) -> bool:
-    """peft's string form: a regex full-matched against module names ("all-linear": every
-    linear layer, the vision tower's included)."""
-    if pattern == "all-linear" or any(word in pattern for word in NON_LLM_WORDS):
+    """peft's string form: a regex full-matched against module names."""
+    if _names_non_llm(pattern):
         return True
     try:
         return any(re.fullmatch(pattern, m) for m in NON_LLM_MODULES)
@@ -151,8 +156,7 @@ def vllm_prompt(processor, sample, budget) -> dict:
         raise ValueError(f"{len(sample.videos)} video(s) in the sample: backend: vllm evaluates "
                          f"images only here; set backend: hf for video benchmarks")
     budget = sample.vision_budget or budget  # a shrunk sample's own budget, as the hf path uses
-    text = processor.apply_chat_template(sample.prompt_messages(), tokenize=False,
-                                         add_generation_prompt=True)
+    text = prompt_text(processor, sample)
     prompt = {"prompt": text}
     if sample.images or IMAGE_PAD in text:
         placeholders = text.count(IMAGE_PAD)
