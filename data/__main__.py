@@ -18,9 +18,9 @@
            DIR/show.json lists them. --print also prints the texts (coloured on a terminal).
   prepare  CONFIG [key=value ...] --out DIR [--model PATH] [--num-proc N]
            pre-encode every sample into a datasets Arrow dataset (DIR/dataset, read back with
-           data.prepare.PreparedDataset), DIR/bad_samples.jsonl (samples that failed to read,
+           data.tools.prepare.PreparedDataset), DIR/bad_samples.jsonl (samples that failed to read,
            fit the budget or encode: file, index, id, reason) and DIR/manifest.json (config,
-           processor, counts; data.prepare.stale_reasons says whether a cache still matches).
+           processor, counts; data.tools.prepare.stale_reasons says whether a cache still matches).
 
 CONFIG is a training config (its ``data:`` section is read; ``model.path`` is the default
 ``--model``) or a file holding only a data section. Overrides use the file's own keys
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
 
     if args.command == "synth":
-        from data.synthetic import generate
+        from data.tools.synthetic import generate
 
         paths = generate(args.out, args.train_per_task, args.eval_per_task, args.seed)
         for split, path in paths.items():
@@ -173,7 +173,7 @@ def _run_tool(args) -> int:
 
 
 def _stats(args, cfg, processor, model, progress) -> int:
-    from data import stats
+    from data.tools import stats
 
     doc = stats.run(cfg, processor, model, args.out, args.limit, progress)
     print(stats.format_table(doc))
@@ -182,7 +182,7 @@ def _stats(args, cfg, processor, model, progress) -> int:
 
 
 def _show(args, cfg, processor, progress) -> int:
-    from data import show
+    from data.tools import show
 
     names = [s.name for s in cfg.source_configs()]
     if args.source is not None and args.source not in names:
@@ -197,7 +197,7 @@ def _show(args, cfg, processor, progress) -> int:
 
 
 def _prepare(args, cfg, processor, model, progress) -> int:
-    from data import prepare
+    from data.tools import prepare
 
     manifest = prepare.run(cfg, processor, model, args.out, num_proc=args.num_proc,
                            progress=progress)

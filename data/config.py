@@ -4,10 +4,17 @@ the sources of a mixture. They are plain dataclasses loaded by ``data.configio``
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MIN_SIDE = 32  # Qwen3-VL: patch 16 x merge 2; resized sides are multiples of this
+
+# The formats a source may name: the readers registered in data.sources.FORMATS (a test keeps
+# the two equal; the config does not import the readers).
+SourceFormat = Literal["llava_json", "messages", "pdf", "page_images", "hf_dataset", "coco",
+                       "refcoco", "screenspot"]
+SOURCE_FORMATS = typing.get_args(SourceFormat)
 
 
 @dataclass
@@ -72,7 +79,7 @@ class SourceConfig:
     """One corpus of a mixture. ``format`` names a reader in ``data.sources.FORMATS``."""
 
     path: str = ""  # a file, a folder, or (hf_dataset) a hub id / parquet or save_to_disk folder
-    format: str = "llava_json"
+    format: SourceFormat = "llava_json"
     name: str = ""  # used in reports and stats; default: the path's stem
     image_root: str | None = None  # relative media paths resolve here (default: the file's folder)
     weight: float = 1.0  # relative sampling weight in the mixture
@@ -93,17 +100,15 @@ class SourceConfig:
     # Grounding formats: layout of the record's boxes, one of data.boxes.BOX_FORMATS
     # (xywh | xyxy | xyxy_norm); None: the format's published layout (xywh for coco, refcoco
     # and ScreenSpot v1/v2 JSON; xyxy_norm for ScreenSpot read through datasets, as the hub
-    # mirrors store it). ScreenSpot-Pro's JSON needs xyxy. See data/grounding.py.
+    # mirrors store it). ScreenSpot-Pro's JSON needs xyxy. See data/sources/grounding.py.
     box_format: str | None = None
 
     def __post_init__(self):
-        from data.sources import FORMATS
-
         if not self.path:
             raise ValueError("each data source needs a path")
-        if self.format not in FORMATS:
+        if self.format not in SOURCE_FORMATS:
             raise ValueError(f"source {self.path}: unknown format {self.format!r}; choose from "
-                             f"{', '.join(sorted(FORMATS))}")
+                             f"{', '.join(sorted(SOURCE_FORMATS))}")
         if self.weight <= 0:
             raise ValueError(f"source {self.path}: weight must be > 0, got {self.weight}")
         if self.max_samples is not None and self.max_samples <= 0:
@@ -131,8 +136,8 @@ class DataConfig:
     """What to train on. One source: ``train`` (+ ``format``, ``image_root``); a mixture:
     ``sources``, a list of ``data.config.SourceConfig`` (path, format, weight, own budget...)."""
 
-    train: str = ""  # one source: a file/folder in ``format`` (see data/sources.py)
-    format: str = "llava_json"
+    train: str = ""  # one source: a file/folder in ``format`` (see data/sources/)
+    format: SourceFormat = "llava_json"
     image_root: str | None = None  # default: the data file's folder
     sources: list[SourceConfig] = field(default_factory=list)
     vision: VisionBudget = field(default_factory=VisionBudget)  # per image / video pixel budget

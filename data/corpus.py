@@ -37,6 +37,10 @@ class Corpus:
         """The encoder of the source that global sample ``index`` comes from."""
         return self.encoders[bisect.bisect_right(self.offsets, index) - 1]
 
+    def source_of(self, index: int) -> SourceConfig:
+        """The configured source global sample ``index`` comes from."""
+        return self.sources[bisect.bisect_right(self.offsets, index) - 1]
+
     def sizes(self) -> list[int]:
         return [end - start for start, end in zip(self.offsets, self.offsets[1:] + [len(self.samples)])]
 
@@ -58,8 +62,10 @@ def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,
         budget = cfg.budget(source)
         found = load(source, bad)
         if plan:
+            start = len(bad.records)
             found, found_lengths = _plan(found, TokenPlanner(processor, budget), cfg, bad,
                                          progress, source.name)
+            bad.name_source(start, source.name)
             lengths += found_lengths
         offsets.append(len(samples))
         samples += found

@@ -3,7 +3,7 @@
 The conversation is rendered with the checkpoint's own chat template and tokenised by its own
 processor, so visual placeholders expand exactly as the processor does for that checkpoint.
 Images are fitted into the configured pixel budget (sides multiples of 32 for Qwen3-VL) by the
-processor's resize. Videos are sampled and resized by ``data.video`` (the budget's fps / frame /
+processor's resize. Videos are sampled and resized by ``data.media.video`` (the budget's fps / frame /
 pixel limits) and reach the processor with their metadata, which renders the frame timestamps.
 Labels keep only assistant replies (and their closing ``<|im_end|>``).
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from data.config import VisionBudget  # noqa: F401  (re-exported: the encoder's budget)
-from data import video as video_lib
-from data.images import load_image
+from data.media import video as video_lib
+from data.media.images import load_image
 
 IGNORE_INDEX = -100
 VIDEO_PAD = "<|video_pad|>"

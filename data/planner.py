@@ -3,7 +3,7 @@
 Image sizes come from file headers (PIL opens lazily), the resize is transformers' own
 ``smart_resize`` for the checkpoint's patch and merge sizes, and text is counted by rendering
 the chat template with one placeholder per image or video. A video's frame count, indices and
-frame size come from its container header (``data.video.plan``); it expands to one
+frame size come from its container header (``data.media.video.plan``); it expands to one
 ``<t.t seconds><|vision_start|>...<|vision_end|>`` group per temporal patch, and the timestamp
 text is counted with the tokenizer. The counts equal the length of what
 ``SampleEncoder.encode`` produces (tested against the processor on randomised sizes and video
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from data import video as video_lib
+from data.media import video as video_lib
 from data.encode import VisionBudget
-from data.images import image_size
+from data.media.images import image_size
 
 
 @dataclass
@@ -52,7 +52,7 @@ def processor_grid(processor, height: int, width: int, budget: VisionBudget) -> 
 def processor_video_tokens(processor, info: video_lib.VideoInfo, budget: VisionBudget,
                            ref: video_lib.VideoRef | None = None) -> tuple[int, int]:
     """(text tokens, visual tokens) the real processor gives one video: blank frames at the
-    header's size, at the indices ``data.video`` samples, with their ``VideoMetadata``, resized
+    header's size, at the indices ``data.media.video`` samples, with their ``VideoMetadata``, resized
     by the processor itself. The reference ``video_tokens`` is checked against; text tokens
     cover the timestamps and the per-patch ``<|vision_start|>``/``<|vision_end|>`` (the
     ``<|video_pad|>`` placeholder itself is not counted)."""

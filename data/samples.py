@@ -16,16 +16,27 @@ class DataError(ValueError):
     """Bad input that stops a run: names the file, the record and the reason."""
 
 
+# bad_samples.jsonl: one JSON object per line, these keys in this order, written by every tool
+# and by training alike (BadSample.to_json). ``file``: the data file, folder or "dataset [split]"
+# the record came from; ``index``: the record's position there (JSONL: line number - 1; a PDF
+# folder: a running page count); ``id``: the sample id when the record got that far; ``reason``;
+# ``source``: the configured source's name; ``stage``: "read" (found before step 1, while reading
+# and planning) or "encode" (when the sample was encoded); ``rank`` and ``step``: which process
+# and optimizer step met it (training only, else null).
+BAD_SAMPLE_KEYS = ("file", "index", "id", "reason", "source", "stage", "rank", "step")
+
+
 @dataclass
 class BadSample:
-    source: str
+    file: str
     index: int
     sample_id: str | None
     reason: str
+    source: str | None = None  # the configured source's name, when known
 
     def __str__(self) -> str:
         sid = f" (id {self.sample_id})" if self.sample_id is not None else ""
-        return f"{self.source}: sample {self.index}{sid}: {self.reason}"
+        return f"{self.file}: sample {self.index}{sid}: {self.reason}"
 
     @property
     def kind(self) -> str:
@@ -33,12 +44,21 @@ class BadSample:
         head = self.reason.split(":")[0].split(" (")[0]
         return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", head)).strip()
 
+    def to_json(self, stage: str, rank: int | None = None, step: int | None = None) -> dict:
+        """This record as a line of bad_samples.jsonl (``BAD_SAMPLE_KEYS``)."""
+        return {"file": self.file, "index": self.index, "id": self.sample_id, "reason": self.reason,
+                "source": self.source, "stage": stage, "rank": rank, "step": step}
+
+    @classmethod
+    def from_json(cls, row: dict) -> "BadSample":
+        return cls(row["file"], row["index"], row["id"], row["reason"], row.get("source"))
+
 
 @dataclass
 class Sample:
     """One conversation. ``messages`` use Qwen/OpenAI content parts: ``{"type": "image"}`` marks
     where the i-th entry of ``images`` goes, ``{"type": "video"}`` where the i-th entry of
-    ``videos`` (``data.video.VideoRef``) goes; ``{"type": "text", "text": ...}`` carries text."""
+    ``videos`` (``data.media.video.VideoRef``) goes; ``{"type": "text", "text": ...}`` carries text."""
 
     id: str
     messages: list[dict]
@@ -78,6 +98,11 @@ class BadSampleLog:
             raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip to skip it.")
         self.records.append(record)
 
+    def name_source(self, start: int, name: str) -> None:
+        """Give records ``start:`` (those found while reading one source) that source's name."""
+        for record in self.records[start:]:
+            record.source = record.source or name
+
     def counts(self) -> Counter:
         return Counter(r.kind for r in self.records)
 
@@ -99,16 +124,17 @@ class BadSampleLog:
 
 
 class BadSampleFile:
-    """Appends bad-sample records as JSON lines (``bad_samples.jsonl`` in a run's output), so
-    every skipped sample is on disk with its file, record, id, reason, stage and rank."""
+    """Appends bad-sample records to a ``bad_samples.jsonl`` (schema: ``BAD_SAMPLE_KEYS``), so
+    every skipped sample is on disk with its file, record, id, reason, source and stage."""
 
-    def __init__(self, path, rank: int = 0):
+    def __init__(self, path, rank: int | None = None, mode: str = "a"):
         self.path, self.rank = path, rank
+        if mode == "w":  # start the file afresh (a tool's report of one pass over the data)
+            open(path, "w").close()
 
-    def write(self, records: list[BadSample], **context) -> None:
-        import dataclasses
+    def write(self, records: list[BadSample], stage: str, step: int | None = None) -> None:
         import json
 
         with open(self.path, "a") as f:
             for r in records:
-                f.write(json.dumps({**dataclasses.asdict(r), "rank": self.rank, **context}) + "\n")
+                f.write(json.dumps(r.to_json(stage, self.rank, step)) + "\n")

@@ -19,7 +19,6 @@ a task sets none), system_prompt, strip_thinking.
 from __future__ import annotations
 
 import logging
-import re
 from types import SimpleNamespace
 
 import torch
@@ -28,18 +27,17 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
 from data.config import VisionBudget
+from data.media.video import VideoRef
 from data.samples import Sample
-from data.video import VideoRef
+from data.sources.chat import IMAGE_TAG, NUMBERED_IMAGE_TAG, tagged_parts
 from eval.checkpoints import resolve_checkpoint
 from eval.config import GenerationConfig
 from eval.generate import HFGenerator
 from eval.metrics import prompt_opens_thinking, strip_thinking, thinking_truncated
 from eval.runner import generate_each
-from eval.tasks.mmmu import interleave
 
 MODEL_ID = "qwen3vl_tune"
 log = logging.getLogger(__name__)
-NUMBERED_TAG = re.compile(r"<image (\d+)>")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpeg", ".mpg")
 
 
@@ -219,26 +217,13 @@ def image_parts(context: str, images: list) -> tuple[list[dict], list]:
     them. ``<image>`` placeholders (one per image) and ``<image n>`` tags (the n-th smallest
     tag number is the n-th visual: lmms-eval's MMMU order) place images in the text; otherwise
     the images come first, as in Qwen3-VL's own evaluation."""
-    if images and context.count("<image>") == len(images):
-        parts: list[dict] = []
-        for k, chunk in enumerate(context.split("<image>")):
-            if k:
-                parts.append({"type": "image"})
-            if chunk:
-                parts.append({"type": "text", "text": chunk})
-        return parts, list(images)
-    numbered = _numbered(context, images)
-    if numbered is not None:
-        return interleave(context, numbered)
-    text = context.replace("<image>", "")
+    if images and context.count(IMAGE_TAG) == len(images):
+        return tagged_parts(context)[0], list(images)
+    tags = sorted({int(n) for n in NUMBERED_IMAGE_TAG.findall(context)})
+    if images and len(tags) == len(images):
+        return tagged_parts(context, dict(zip(tags, images)))
+    text = context.replace(IMAGE_TAG, "")
     return [{"type": "image"} for _ in images] + [{"type": "text", "text": text}], list(images)
-
-
-def _numbered(context: str, images: list) -> dict | None:
-    tags = sorted({int(n) for n in NUMBERED_TAG.findall(context)})
-    if not images or len(tags) != len(images):
-        return None
-    return dict(zip(tags, images))
 
 
 def _is_video(visual) -> bool:

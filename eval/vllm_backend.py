@@ -3,7 +3,7 @@ GPU runs where transformers' padded batches are the bottleneck.
 
 Scores must stay comparable with ``backend: hf``, so only the engine changes: the prompt text is
 the checkpoint's own chat template rendered exactly as ``SampleEncoder.encode_prompt`` renders
-it, images are decoded by ``data.images.load_image``, and the vision budget reaches vLLM's
+it, images are decoded by ``data.media.images.load_image``, and the vision budget reaches vLLM's
 Qwen3-VL processor per request in the same ``size`` form the hf path hands transformers.
 
 vLLM serves LoRA only on the language model's linear layers, so an adapter that reaches further
@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from data.encode import prompt_text
-from data.images import load_image
+from data.media.images import load_image
 
 IMAGE_PAD = "<|image_pad|>"
 # Images one prompt may carry (vLLM profiles memory for this many); benchmarks with more per

@@ -21,7 +21,7 @@
                                       the same samples per step (the baseline);
                                       grouped_padding_efficiency: with data.group_by_length
   bad_input_kinds, bad_input_reported, bad_input_crashes
-                                      the faulty corpus of data/faults.py read, planned and
+                                      the faulty corpus of data/tools/faults.py read, planned and
                                       encoded: kinds present, bad samples reported, crashes
 
 Image sizes: log-uniform sides, aspect ratios up to 200:1, 3 budgets. Run with no arguments.
@@ -46,8 +46,8 @@ from data.encode import SampleEncoder, VisionBudget  # noqa: E402
 from data.planner import TokenPlanner, image_grid, processor_grid, processor_video_tokens  # noqa: E402
 from data.processor import build_processor  # noqa: E402
 from data.sources import load_llava_json  # noqa: E402
-from data.synthetic import generate, write_grey_video  # noqa: E402
-from data.video import VideoInfo, VideoRef  # noqa: E402
+from data.tools.synthetic import generate, write_grey_video  # noqa: E402
+from data.media.video import VideoInfo, VideoRef  # noqa: E402
 
 BUDGETS = [VisionBudget(32 * 32 * 4, 32 * 32 * 64), VisionBudget(64 * 64, 256 * 256),
            VisionBudget(256 * 256, 1024 * 1024)]
@@ -198,7 +198,7 @@ def packing_figures(processor, videos, n: int, capacity: int = 16384) -> dict:
 
 def bad_input_figures(processor) -> dict:
     from data.config import DataConfig
-    from data.faults import audit, write_faulty_corpus
+    from data.tools.faults import audit, write_faulty_corpus
 
     sources, expected = write_faulty_corpus(Path(tempfile.mkdtemp(prefix="bench_faulty-")))
     result = audit(DataConfig(sources=sources), processor)

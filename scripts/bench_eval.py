@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.configio import load_config  # noqa: E402
 from data.processor import build_processor  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+from data.tools.synthetic import generate  # noqa: E402
 from eval.checkpoints import resolve_checkpoint  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from eval.generate import HFGenerator  # noqa: E402

@@ -144,7 +144,7 @@ def main() -> None:
     import torch
 
     from data.processor import build_processor
-    from data.synthetic import generate, write_mixed_modality
+    from data.tools.synthetic import generate, write_mixed_modality
     from train.debug_models import build_tiny_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="bench_train-"))

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> dict[str, Path]:
-    from data.synthetic import generate
+    from data.tools.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("corpus"), train_per_task=16, eval_per_task=4, seed=0)
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from data.config import DataConfig, VisionBudget
-from data.faults import REPAIRED, audit, write_faulty_corpus
+from data.samples import BAD_SAMPLE_KEYS
+from data.tools.faults import REPAIRED, audit, write_faulty_corpus
 from tests.test_train import CONFIG, run_train
 
 UNPARSEABLE = {"bad-invalid_json_line": "invalid JSON", "bad-non_utf8_text": "not valid UTF-8"}
@@ -30,7 +31,7 @@ def test_every_bad_sample_is_reported_and_nothing_crashes(faulty, processor):
         assert sum(reason in r.reason for r in result["bad"] if r.sample_id is None) == 1, sample_id
     assert len(result["bad"]) == len(expected)
     source_files = {s.path for s in sources}
-    assert all(r.source in source_files and r.reason for r in result["bad"])
+    assert all(r.file in source_files and r.reason for r in result["bad"])
     assert set(REPAIRED) <= set(result["good"])
     assert len(result["good"]) == 9 + len(REPAIRED)
 
@@ -51,7 +52,9 @@ def test_training_over_the_faulty_corpus_completes_and_reports(faulty, tiny, tmp
     n_bad = len(in_chat) - 1
     assert f"[data] skipping {n_bad} of" in proc.stdout
     records = [json.loads(line) for line in (tmp_path / "run/bad_samples.jsonl").open()]
-    assert {r["sample_id"] for r in records if r["stage"] == "load"} == \
+    assert {r["id"] for r in records if r["stage"] == "read"} == \
         in_chat - set(UNPARSEABLE) - {"bad-truncated_image"} | {None}
-    assert all(r["source"] and r["reason"] for r in records)
+    # One schema for every writer of bad_samples.jsonl (data/samples.py, README).
+    assert all(tuple(r) == BAD_SAMPLE_KEYS for r in records)
+    assert all(r["file"] and r["reason"] and r["source"] == "chat" for r in records)
     assert (tmp_path / "run/final/adapter_model.safetensors").is_file()

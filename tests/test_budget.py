@@ -11,7 +11,7 @@ from PIL import Image
 from data.config import DataConfig, VisionBudget
 from data.corpus import load_corpus
 from data.encode import SampleEncoder
-from data.faults import _video
+from data.tools.faults import _video
 from data.planner import TokenPlanner
 from data.samples import BadSampleLog
 

@@ -76,7 +76,7 @@ def test_shipped_training_configs_load(path):
 
 def test_mixture_config_errors_name_the_source(cfg_file):
     base = "model:\n  path: m\ndata:\n  sources:\n    - {path: a.json, %s}\n"
-    with pytest.raises(ConfigError, match="unknown format 'parquet'"):
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].format' must be one of .*got 'parquet'"):
         load_config(Config, cfg_file(base % "format: parquet"))
     with pytest.raises(ConfigError, match=r"data.sources\[0\].vision: unknown vision budget key 'max_pixel'"):
         load_config(Config, cfg_file(base % "vision: {max_pixel: 5}"))

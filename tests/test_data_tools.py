@@ -19,12 +19,12 @@ from PIL import Image
 from data.__main__ import load_tool_config, main
 from data.boxes import box_from_relative
 from data.config import DataConfig, VisionBudget
-from data.synthetic import write_grey_video
+from data.tools.synthetic import write_grey_video
 from data.corpus import load_corpus
 from data.encode import SampleEncoder
 from data.planner import TokenPlanner
-from data.prepare import PreparedDataset, StaleCacheError, stale_reasons
-from data.show import (MARK_COLOR, Mark, answer_marks, draw_marks, model_view_images,
+from data.tools.prepare import PreparedDataset, StaleCacheError, stale_reasons
+from data.tools.show import (MARK_COLOR, Mark, answer_marks, draw_marks, model_view_images,
                        render_text)
 from data.sources import load_llava_json
 

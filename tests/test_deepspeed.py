@@ -21,7 +21,7 @@ CONFIG = ROOT / "configs/demo/train_lora.yaml"
 
 @pytest.fixture(scope="module")
 def mixed(corpus, tmp_path_factory) -> Path:
-    from data.synthetic import write_mixed_modality
+    from data.tools.synthetic import write_mixed_modality
 
     return write_mixed_modality(corpus["train"], tmp_path_factory.mktemp("mixed") / "mixed.json")
 

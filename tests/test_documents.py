@@ -9,10 +9,10 @@ import pypdfium2
 import pytest
 from PIL import Image
 
-from data import images as images_lib
-from data import pdfpages
+from data.media import images as images_lib
+from data.media import pdfpages
 from data.config import SourceConfig
-from data.documents import parse_pages, select_pages
+from data.sources.documents import parse_pages, select_pages
 from data.encode import SampleEncoder, VisionBudget
 from data.planner import TokenPlanner
 from data.samples import BadSampleLog, DataError
@@ -119,7 +119,7 @@ def test_pdf_pages_are_read_lazily_with_text_layer_and_sidecar_targets(tmp_path,
     assert [s.answer() for s in samples] == ["# Page one", "Second (page)", "bee", "*scanned*"]
     assert samples[0].messages[0]["content"][1]["text"] == "Transcribe this page to Markdown."
     (record,) = log.records
-    assert (record.source, record.index, record.sample_id) == (str(tmp_path / "a.pdf"), 2, "a#p3")
+    assert (record.file, record.index, record.sample_id) == (str(tmp_path / "a.pdf"), 2, "a#p3")
     assert record.reason.startswith("no transcription target: page 3 of")
     assert images_lib.image_size(samples[1].images[0]) == (596, 842)  # rotated A4, not rendered
     planner = TokenPlanner(processor, VisionBudget(64 * 64, 256 * 256))
@@ -142,7 +142,7 @@ def test_pdf_pages_are_read_lazily_with_text_layer_and_sidecar_targets(tmp_path,
     log = BadSampleLog("skip")
     samples = load(SourceConfig(path=str(listing), format="pdf", task="transcribe_text"), log)
     assert [(s.id, s.index, s.answer()) for s in samples] == [("a#p2", 1, "Second (page)")]
-    assert [(r.source, r.index, r.sample_id) for r in log.records] == [
+    assert [(r.file, r.index, r.sample_id) for r in log.records] == [
         (str(listing), 0, "doc-a"), (str(listing), 1, "a#p3")]
     assert "page numbers start at 1 and ranges go up" in log.records[0].reason
     with pytest.raises(DataError, match="unknown task 'summarise'"):
@@ -204,7 +204,7 @@ def test_bad_documents_are_reported_with_file_record_and_reason(tmp_path):
     log = BadSampleLog("skip")
     samples = load(SourceConfig(path=str(path), format="pdf"), log)
     assert [s.index for s in samples] == [0]
-    assert all(r.source == str(path) for r in log.records)
+    assert all(r.file == str(path) for r in log.records)
     reasons = {r.index: r.reason for r in log.records}
     assert reasons == {
         1: f"PDF file not found: {tmp_path / 'missing.pdf'}",
@@ -258,7 +258,7 @@ def test_page_image_folders(tmp_path, processor):
     assert [s.id for s in samples] == ["report/page_1", "report/page_2", "report/page_10"]
     assert [s.answer() for s in samples] == ["page 1 text", "with BOM\nline 2", "page 10 text"]
     assert samples[0].images == [str(doc / "page_1.png")] and samples[2].meta["page"] == 3
-    reasons = {r.sample_id: (r.source, r.reason) for r in log.records}
+    reasons = {r.sample_id: (r.file, r.reason) for r in log.records}
     assert reasons["letter/p3"] == (str(other / "p3.md"),
                                     f"missing page image: no p3.png (or .jpg, ...) next to {other / 'p3.md'}")
     assert reasons["letter/p1"][1] == (f"transcription is not UTF-8 (byte 0xe9 at offset 3): "
@@ -279,7 +279,7 @@ def test_page_image_folders(tmp_path, processor):
     letter_q, report_q = load(SourceConfig(path=str(tmp_path), format="page_images", task="qa"), log)
     assert report_q.images == [str(doc / "page_1.png"), str(doc / "page_2.png")]
     assert letter_q.images == [str(other / "p2.png")] and letter_q.answer() == "me"
-    assert {(r.source, r.index): r.reason for r in log.records} == {
+    assert {(r.file, r.index): r.reason for r in log.records} == {
         (str(tmp_path / "qa.jsonl"), 1): "no 'doc' (the document's sub-folder) in a record of the top qa.jsonl",
         (str(doc / "qa.jsonl"), 1): f"page image not found: {doc / 'nope.png'}"}
     budget = VisionBudget(32 * 32 * 4, 128 * 128)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from data.hf_source import open_ref
+from data.media.dataset_images import open_ref
 from data.samples import DataError
 from eval.tasks.mathvista import MATHVISTA_TASKS, MathVistaTask
 from eval.tasks.mathvista.judge import Judge

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from data.hf_source import open_ref
+from data.media.dataset_images import open_ref
 from data.samples import DataError
 from eval.tasks.mmmu import MMMU_TASKS, subject
 from eval.tasks.mmmu.scoring import score_choice, score_open

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from data.boxes import box_from_relative, iou
-from data.synthetic import generate
+from data.tools.synthetic import generate
 
 
 def test_generation_is_deterministic(tmp_path):

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from data import video as video_lib
+from data.media import video as video_lib
 from data.config import VisionBudget
 from data.encode import SampleEncoder, collate
 from data.planner import TokenPlanner, processor_video_tokens
 from data.samples import BadSampleLog, DataError
 from data.sources import load_source
-from data.synthetic import write_grey_video
+from data.tools.synthetic import write_grey_video
 
 FRAME_W, FRAME_H = 64, 48
 
@@ -359,7 +359,7 @@ def test_broken_videos_are_reported_with_the_file(clip, tmp_path):
         record = reasons[name]
         assert expected in record.reason, (name, record.reason)
         assert path is None or str(path) in record.reason, (name, record.reason)
-        assert record.source == str(data) and record.index == records.index(
+        assert record.file == str(data) and record.index == records.index(
             next(r for r in records if r["id"] == name))
     with pytest.raises(DataError, match="zero.mp4"):
         load_source("llava_json", data)  # policy "error": the first bad sample stops the run

@@ -8,7 +8,6 @@ resumed at step ``s`` sees exactly the samples an uninterrupted run would have s
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
@@ -45,10 +44,11 @@ class EncodedDataset(torch.utils.data.Dataset):
             try:
                 example = self.corpus.encoder_for(candidate).encode(sample)
             except (OSError, ValueError) as e:
-                record = BadSample(sample.source, sample.index, sample.id, f"{type(e).__name__}: {e}")
+                record = BadSample(sample.source, sample.index, sample.id, f"{type(e).__name__}: {e}",
+                                   self.corpus.source_of(candidate).name)
                 if self.policy == "error":
                     raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip.") from e
-                skipped.append(dataclasses.asdict(record))
+                skipped.append(record)
                 if len(skipped) >= MAX_SUBSTITUTIONS:
                     break
                 continue
@@ -56,7 +56,7 @@ class EncodedDataset(torch.utils.data.Dataset):
             example["sample_id"] = sample.id
             return example
         raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
-                        f"{BadSample(**skipped[-1]) if skipped else 'no replacement fits the packed row'}")
+                        f"{skipped[-1] if skipped else 'no replacement fits the packed row'}")
 
 
 class BatchPlan:

@@ -19,7 +19,7 @@ import torch
 
 from data.configio import to_dict
 from data.corpus import load_corpus
-from data.samples import BadSample, BadSampleFile, BadSampleLog
+from data.samples import BadSampleFile, BadSampleLog
 from train import checkpoint as ckpt
 from train.config import Config
 from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
@@ -117,7 +117,7 @@ def train(cfg: Config) -> Path:
     bad_log = BadSampleFile(out / "bad_samples.jsonl", dist.rank)
     if bad.records:
         if dist.is_main:
-            bad_log.write(bad.records, stage="load")
+            bad_log.write(bad.records, stage="read")
         bad.check_fraction(len(samples), cfg.data.max_bad_fraction)
         if dist.is_main:
             print(f"[data] skipping {bad.report(len(samples))}\n[data] all of them: "
@@ -219,7 +219,7 @@ def train(cfg: Config) -> Path:
                         f"data.pack_tokens, or set model.gradient_checkpointing=true") from e
             engine.micro_done(last, skip=non_finite)
         if skipped:
-            records = [BadSample(**r) for r in skipped]
+            records = skipped
             bad_log.write(records, stage="encode", step=step + 1)
             for record in records:
                 print(f"[data] rank {dist.rank} skipped {record}", flush=True)

@@ -1,11 +1,11 @@
 """Grounding benchmarks: RefCOCO / RefCOCO+ / RefCOCOg (Acc@IoU>=0.5) and ScreenSpot v1/v2
-(point in box), read with the training side's readers (``data/grounding.py``).
+(point in box), read with the training side's readers (``data/sources/grounding.py``).
 
 Loaders: RefCOCO family in the lmms-lab layout (``question_id, image, question, answer,
 segmentation, bbox, iscrowd, file_name``; ``answer`` lists the referring expressions, one
 sample each; ``bbox`` pixel ``[x, y, w, h]``) or the classic refs JSON; ScreenSpot as its JSON
 (``img_filename, bbox [x, y, w, h], instruction, data_type, data_source``; v2 the same layout)
-or a hub mirror (``box_format`` as in data/grounding.py). A row the reader rejects fails the
+or a hub mirror (``box_format`` as in data/sources/grounding.py). A row the reader rejects fails the
 load, naming the file and row: a benchmark must not shrink silently.
 
 Prompts are Qwen3-VL's grounding style, the ones the training readers write

@@ -6,7 +6,7 @@ answer, topic_difficulty, question_type, subfield``; ``options`` is a string hol
 list; ids are ``validation_<Subject>_<n>``). ``TaskSpec.data`` is a local parquet file or folder
 (the hub download, ``<Subject>/validation-*.parquet``, reads as one split), a ``save_to_disk``
 folder, or the hub id (then every subject config is read, or only ``TaskSpec.subset``). Reading
-goes through ``data.hf_source.open_split``, so images stay lazy ``hfrow://`` references.
+goes through ``data.sources.hf_dataset.open_split``, so images stay lazy ``hfrow://`` references.
 
 Prompt: Qwen3-VL's evaluation style. The text is built with its ``<image n>`` tags, then split at
 them: each image goes where its tag first stands (in the question or in an option); a tag that
@@ -26,11 +26,12 @@ Score: ``scoring.py`` (no random guess when nothing parses). ``subject(sample)``
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass
 
 from data.config import SourceConfig
-from data.hf_source import open_split, template_fields
+from data.sources.chat import tagged_parts
+from data.sources.hf_dataset import open_split
+from data.sources.records import template_fields
 from data.samples import DataError, Sample
 from eval.tasks.mmmu.scoring import LETTERS, gold_list, score_choice, score_open
 
@@ -39,7 +40,6 @@ MC_PROMPT = ("Question: {question}\nOptions:\n{options}\n"
 OPEN_PROMPT = "Question: {question}\nAnswer the question using a single word or phrase."
 PLACEHOLDERS = {"question", "options", "question_type"}
 N_IMAGES = 7
-TAG = re.compile(r"<image (\d+)>")
 SUBJECTS = [
     "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory",
     "Basic_Medical_Science", "Biology", "Chemistry", "Clinical_Medicine", "Computer_Science",
@@ -136,7 +136,7 @@ class MMMUTask:
         template = templates[0] if multiple_choice else templates[1]
         text = template.format(question=row["question"], options=option_lines if multiple_choice
                                else "", question_type=row["question_type"])
-        content, ordered = interleave(text, images)
+        content, ordered = tagged_parts(text, images)
         meta = {k: v for k, v in row.items()}
         meta.update(subject=subject_of_id(sample_id), options=options, answers=golds)
         return Sample(id=sample_id, source=where, index=index, meta=meta, images=ordered, messages=[
@@ -150,36 +150,6 @@ class MMMUTask:
 
     def breakdown(self, sample) -> dict:
         return {"subject": subject(sample), "question_type": sample.meta.get("question_type")}
-
-
-def interleave(text: str, images: dict) -> tuple[list[dict], list]:
-    """Content parts with each image at its first ``<image n>`` tag (see the module doc), and
-    the image references in the order their parts stand."""
-    shown: list[int] = []
-    parts: list[dict] = []
-    pos = 0
-    for m in TAG.finditer(text):
-        n = int(m.group(1))
-        if n not in images:
-            raise ValueError(f"the text names <image {n}> but image_{n} is empty")
-        if n in shown:
-            continue  # a repeat: the tag stays in the text
-        _text(parts, text[pos:m.start()])
-        parts.append({"type": "image"})
-        shown.append(n)
-        pos = m.end()
-    _text(parts, text[pos:])
-    unnamed = [n for n in sorted(images) if n not in shown]
-    parts = [{"type": "image"} for _ in unnamed] + parts
-    return parts, [images[n] for n in unnamed + shown]
-
-
-def _text(parts: list[dict], chunk: str) -> None:
-    if chunk:
-        if parts and parts[-1]["type"] == "text":
-            parts[-1]["text"] += chunk
-        else:
-            parts.append({"type": "text", "text": chunk})
 
 
 def _exists(path: str) -> bool:

@@ -1,4 +1,4 @@
-"""The synthetic corpus's eval split (see data/synthetic.py), one task per kind.
+"""The synthetic corpus's eval split (see data/tools/synthetic.py), one task per kind.
 
 Prompts are the ones stored with each sample (the generator writes Qwen-style instructions);
 each kind is scored with the metric of its real counterpart.
@@ -16,7 +16,7 @@ from eval.metrics import anls, box_accuracy, exact_match
 @dataclass(frozen=True)
 class SyntheticTask:
     name: str
-    kind: str  # the ``task`` field written by data/synthetic.py
+    kind: str  # the ``task`` field written by data/tools/synthetic.py
     metric: str
     benchmark: str = "synthetic"
     split: str = "eval"

@@ -1,11 +1,14 @@
-"""Sources: read an on-disk corpus into ``Sample``s.
+"""Chat records -> ``Sample``: the LLaVA / Qwen-finetune and OpenAI-messages layouts, and the
+media tags in their text. Every reader that meets a chat (the JSON formats, chat columns of a
+dataset, document questions, grounding prompts) converts it here, so all get the same checks
+and repair rules.
 
-``llava_json``: the Qwen-finetune / LLaVA layout, a JSON list (or JSONL) of records with
-``image`` (a path or a list of paths), ``conversations`` (``from``: human | gpt | system) and
-``<image>`` tags marking where each image goes; ``video`` (a video path or frame folder, or a
-list of them: one entry per video, an entry may itself be a list of frame paths) with
-``<video>`` tags. Media without any tag of their kind are placed before the first user text
-(images, then videos); a tag count that differs from the media count is a bad sample.
+``llava_json``: a JSON list (or JSONL) of records with ``image`` (a path or a list of paths),
+``conversations`` (``from``: human | gpt | system) and ``<image>`` tags marking where each image
+goes; ``video`` (a video path or frame folder, or a list of them: one entry per video, an entry
+may itself be a list of frame paths) with ``<video>`` tags. Media without any tag of their kind
+are placed before the first user text (images, then videos); a tag count that differs from the
+media count is a bad sample.
 
 ``messages``: OpenAI-style chat records (JSONL or a JSON list), ``{"messages": [{"role": ...,
 "content": str | [parts]}]}`` with parts ``{"type": "text", "text"}``, ``{"type": "image",
@@ -13,12 +16,12 @@ list of them: one entry per video, an entry may itself be a list of frame paths)
 ``file://`` URL or a ``data:image/...;base64,`` URI; ``{"type": "video", "video": PATH or
 [FRAME PATHS]}`` or ``{"type": "video_url", "video_url": {"url": PATH}}``.
 
-Videos (see data/video.py) take qwen-vl-utils' per-video keys, on the video part or (LLaVA) the
-record: ``fps`` (frames sampled per second of a video file) or ``nframes`` / ``num_frames``
-(exactly this many), and ``sample_fps`` (frame lists: the rate the frames were taken at,
-default 2, for the timestamps).
+Videos (see data/media/video.py) take qwen-vl-utils' per-video keys, on the video part or
+(LLaVA) the record: ``fps`` (frames sampled per second of a video file) or ``nframes`` /
+``num_frames`` (exactly this many), and ``sample_fps`` (frame lists: the rate the frames were
+taken at, default 2, for the timestamps).
 
-Relative image paths resolve against ``image_root`` (default: the data file's folder).
+Relative media paths resolve against ``image_root`` (default: the data file's folder).
 """
 
 from __future__ import annotations
@@ -27,89 +30,68 @@ import json
 import re
 from pathlib import Path
 
-from data import documents, grounding, hf_source  # readers of the other formats (FORMATS)
-from data import images as images_lib
-from data import video as video_lib
 from data.config import SourceConfig
+from data.media import images as images_lib
+from data.media import video as video_lib
 from data.samples import BadSample, BadSampleLog, DataError, Sample
+from data.sources.records import iter_records, record_id
 
 IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"
+NUMBERED_IMAGE_TAG = re.compile(r"<image (\d+)>")
 VIDEO_OPTIONS = ("fps", "nframes", "num_frames", "sample_fps")  # qwen-vl-utils' per-video keys
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
+MESSAGE_ROLES = ("system", "user", "assistant")
 
 
-def read_records(path: Path) -> list[dict]:
-    """A JSON list or a JSONL file, strictly: any malformed line stops with its line number."""
-    return [record for _, record in iter_records(path, None)]
+# --- Media tags in text ----------------------------------------------------------------------
 
+def tagged_parts(text: str, images: dict | None = None) -> tuple[list[dict], list]:
+    """Content parts of ``text`` with its media placed at their tags.
 
-def iter_records(path: Path, bad: BadSampleLog | None):
-    """(index, record) pairs of a JSON list or JSONL file.
+    Without ``images``: each ``<image>`` / ``<video>`` tag becomes an image / video part (the
+    LLaVA convention: the n-th image tag is the record's n-th image); returns (parts, []).
 
-    JSONL is read line by line: with a ``bad`` log, a line that is not valid UTF-8 or not valid
-    JSON is recorded (index = line number - 1) and the rest of the file is still read; a JSON
-    list must parse as a whole, so an error there names the line and stops.
+    With ``images`` {n: image}: each ``<image n>`` tag (MMMU's) places image n where it first
+    stands; a tag that repeats an image already shown stays in the text (an image is not sent
+    twice); images no tag names go first, in number order. A tag naming no image is a
+    ValueError. Returns the parts and the images in the order the parts hold them.
     """
-    if path.suffix == ".jsonl":
-        with open(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    yield line_no - 1, json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    _bad_line(path, line_no, f"not valid UTF-8 (byte {e.start} of the line)", bad)
-                except json.JSONDecodeError as e:
-                    _bad_line(path, line_no, f"invalid JSON ({e.msg})", bad)
-        return
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 at byte {e.start}; re-encode the file as UTF-8") from None
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
-    yield from enumerate(records)
+    parts: list[dict] = []
+    if images is None:
+        for chunk in re.split(f"({re.escape(IMAGE_TAG)}|{re.escape(VIDEO_TAG)})", text):
+            if chunk in (IMAGE_TAG, VIDEO_TAG):
+                parts.append({"type": "image" if chunk == IMAGE_TAG else "video"})
+            else:
+                _add_text(parts, chunk)
+        return parts, []
+    shown: list[int] = []
+    pos = 0
+    for m in NUMBERED_IMAGE_TAG.finditer(text):
+        n = int(m.group(1))
+        if n not in images:
+            raise ValueError(f"the text names <image {n}> but image_{n} is empty (no such image)")
+        if n in shown:
+            continue  # a repeat: the tag stays in the text
+        _add_text(parts, text[pos:m.start()])
+        parts.append({"type": "image"})
+        shown.append(n)
+        pos = m.end()
+    _add_text(parts, text[pos:])
+    unnamed = [n for n in sorted(images) if n not in shown]
+    return [{"type": "image"} for _ in unnamed] + parts, [images[n] for n in unnamed + shown]
 
 
-def _bad_line(path: Path, line_no: int, reason: str, bad: BadSampleLog | None) -> None:
-    if bad is None:
-        raise DataError(f"{path}: line {line_no}: {reason}")
-    bad.add(BadSample(str(path), line_no - 1, None, f"line {line_no}: {reason}"))
+def _add_text(parts: list[dict], chunk: str) -> None:
+    if chunk:
+        if parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += chunk
+        else:
+            parts.append({"type": "text", "text": chunk})
 
 
-def load(cfg: SourceConfig, bad: BadSampleLog | None = None) -> list[Sample]:
-    """Read one configured source. Records that cannot become a sample go to ``bad`` (which
-    raises at once under the ``error`` policy) with the file, record index and reason."""
-    bad = bad or BadSampleLog("error")
-    samples = FORMATS[cfg.format](cfg, bad)
-    if cfg.max_samples is not None:
-        samples = samples[:cfg.max_samples]
-    if cfg.system_prompt:
-        for s in samples:
-            if s.messages[0]["role"] != "system":
-                s.messages.insert(0, {"role": "system",
-                                      "content": [{"type": "text", "text": cfg.system_prompt}]})
-    return samples
-
-
-def load_source(fmt: str, path: str | Path, image_root: str | Path | None = None,
-                bad: BadSampleLog | None = None) -> list[Sample]:
-    """Read ``path`` in format ``fmt`` (shorthand for ``load(SourceConfig(...))``)."""
-    if fmt not in FORMATS:
-        raise DataError(f"unknown data format {fmt!r}; choose from {sorted(FORMATS)}")
-    return load(SourceConfig(path=str(path), format=fmt,
-                             image_root=str(image_root) if image_root else None), bad)
-
-
-def load_llava_json(path, image_root=None, bad: BadSampleLog | None = None) -> list[Sample]:
-    return load_source("llava_json", path, image_root, bad)
-
+# --- The JSON chat formats -------------------------------------------------------------------
 
 def _read_json_source(convert):
     """A reader for JSON/JSONL sources whose records each convert to one sample."""
@@ -121,19 +103,19 @@ def _read_json_source(convert):
         root = Path(cfg.image_root) if cfg.image_root else path.parent
         samples = []
         for index, record in iter_records(path, bad):
-            sample_id = str(record.get("id", index)) if isinstance(record, dict) else None
             try:
                 if not isinstance(record, dict):
                     raise ValueError(f"expected an object, got {type(record).__name__}")
                 samples.append(convert(record, index, root, str(path)))
             except ValueError as e:
-                bad.add(BadSample(str(path), index, sample_id, str(e)))
+                bad.add(BadSample(str(path), index, record_id(record, index), str(e)))
         return samples
 
     return read
 
 
-def _llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
+def llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
+    """A LLaVA / Qwen-finetune record (``image``, ``video``, ``conversations``) as a sample."""
     images = record.get("image") or []
     images = [images] if isinstance(images, str) else list(images)
     paths = [images_lib.resolve(p, str(root)) for p in images]
@@ -152,7 +134,7 @@ def _llava_to_sample(record: dict, index: int, root: Path, source: str) -> Sampl
         role = ROLES.get(t.get("from"))
         if role is None:
             raise ValueError(f"unknown speaker {t.get('from')!r} (expected human, gpt or system)")
-        messages.append({"role": role, "content": _content_parts(str(t.get("value", "")))})
+        messages.append({"role": role, "content": tagged_parts(str(t.get("value", "")))[0]})
     if not any(m["role"] == "assistant" and m["content"] for m in messages):
         raise ValueError("no non-empty assistant turn to learn from")
     return Sample(id=str(record.get("id", index)), messages=messages, images=paths,
@@ -199,10 +181,8 @@ def _place_tags(turns: list, media: list[tuple[str, int, str]]) -> list:
     return turns
 
 
-MESSAGE_ROLES = ("system", "user", "assistant")
-
-
-def _messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
+def messages_to_sample(record: dict, index: int, root: Path, source: str) -> Sample:
+    """An OpenAI-style ``{"messages": [...]}`` record as a sample (see the module doc)."""
     turns = record.get("messages")
     if not isinstance(turns, list) or not turns:
         raise ValueError("no 'messages' list")
@@ -286,16 +266,6 @@ def _image_ref(part, i: int) -> str | None:
     raise ValueError(f"unreadable content part {json.dumps(part)[:80]} (message {i})")
 
 
-def _content_parts(text: str) -> list[dict]:
-    parts = []
-    for chunk in re.split(f"({re.escape(IMAGE_TAG)}|{re.escape(VIDEO_TAG)})", text):
-        if chunk in (IMAGE_TAG, VIDEO_TAG):
-            parts.append({"type": "image" if chunk == IMAGE_TAG else "video"})
-        elif chunk:
-            parts.append({"type": "text", "text": chunk})
-    return parts
-
-
 def _check_image(original: str, resolved: str) -> None:
     problem = images_lib.check(resolved)
     if problem:
@@ -309,14 +279,5 @@ def _check_video(ref) -> None:
         raise ValueError(problem)
 
 
-# Every format a source config can name: reader(cfg, bad) -> samples.
-FORMATS = {
-    "llava_json": _read_json_source(_llava_to_sample),
-    "messages": _read_json_source(_messages_to_sample),
-    "pdf": documents.read_pdf,  # PDFs / annotation files -> page-image samples
-    "page_images": documents.read_page_images,  # folders of page images per document
-    "hf_dataset": hf_source.read_hf_dataset,  # hub id, parquet or save_to_disk folder
-    "coco": grounding.read_coco,  # COCO instances -> bbox_2d answers
-    "refcoco": grounding.read_refcoco,  # referring expressions -> one bbox_2d / point_2d
-    "screenspot": grounding.read_screenspot,  # GUI grounding -> point_2d / bbox_2d
-}
+read_llava_json = _read_json_source(llava_to_sample)
+read_messages = _read_json_source(messages_to_sample)

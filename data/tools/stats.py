@@ -27,9 +27,9 @@ import numpy as np
 
 from data.config import DataConfig, SourceConfig
 from data.encode import SampleEncoder
-from data.images import image_size
+from data.media.images import image_size
 from data.planner import TokenPlanner, image_grid
-from data.samples import BadSample, BadSampleLog, Sample
+from data.samples import BadSample, BadSampleFile, BadSampleLog, Sample
 from data.sources import load
 
 PERCENTILES = (50, 90, 99)
@@ -80,11 +80,6 @@ def read_for_training(cfg: DataConfig, processor, limit: int | None = None,
         corpus = load_corpus(single, processor, bad, plan=cfg.plan_ahead, progress=progress)
         out.append(SourceSamples(source, corpus.samples, bad, corpus.encoders[0]))
     return out
-
-
-def bad_record_dict(record: BadSample) -> dict:
-    return {"file": record.source, "index": record.index, "id": record.sample_id,
-            "reason": record.reason}
 
 
 @dataclass
@@ -169,11 +164,11 @@ def plan_source(cfg: DataConfig, processor, source: SourceSamples, progress: boo
             sizes = [image_size(ref) for ref in sample.images]
         except OSError as e:
             group.bad.append(BadSample(sample.source, sample.index, sample.id,
-                                       f"unreadable image: {e}"))
+                                       f"unreadable image: {e}", source.config.name))
             continue
         except ValueError as e:
             group.bad.append(BadSample(sample.source, sample.index, sample.id,
-                                       f"cannot count tokens: {e}"))
+                                       f"cannot count tokens: {e}", source.config.name))
             continue
         group.tokens["text"].append(plan.text_tokens)
         group.tokens["visual"].append(plan.visual_tokens)
@@ -310,8 +305,6 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path,
     doc, groups = collect(cfg, processor, limit, progress)
     doc = {"processor": processor_path, "limit": limit, "config": to_dict(cfg), **doc}
     (out_dir / "stats.json").write_text(json.dumps(doc, indent=1))
-    with open(out_dir / "bad_samples.jsonl", "w") as f:
-        for record in groups[-1].bad:
-            f.write(json.dumps(bad_record_dict(record)) + "\n")
+    BadSampleFile(out_dir / "bad_samples.jsonl", mode="w").write(groups[-1].bad, stage="read")
     doc["plots"] = [str(p) for p in write_histograms(groups, out_dir, cfg.max_seq_len)]
     return doc

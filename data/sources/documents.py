@@ -33,7 +33,7 @@ replaces the task's default instruction; for ``qa`` it is put on a line before e
 
 Pages (``SourceConfig.pages`` or a record's ``pages``): 1-based, like PDF viewers; ``"1-3,7"``,
 ``"5-"`` (page 5 to the last), or a list of numbers; listed order is kept. PDF pages render at
-``SourceConfig.dpi`` (72 points per inch) as lazy ``pdfpage://`` references (data/pdfpages.py):
+``SourceConfig.dpi`` (72 points per inch) as lazy ``pdfpage://`` references (data/media/pdfpages.py):
 nothing is rendered until a sample is encoded.
 
 Bad input becomes a ``BadSample`` naming the file, record index and reason: missing, empty,
@@ -50,10 +50,12 @@ import json
 import re
 from pathlib import Path
 
-from data import images as images_lib
-from data import pdfpages
 from data.config import SourceConfig
+from data.media import images as images_lib
+from data.media import pdfpages
 from data.samples import BadSample, BadSampleLog, DataError, Sample
+from data.sources.chat import llava_to_sample
+from data.sources.records import read_records
 
 TASK_PROMPTS = {
     "qa": None,  # the record's question is the prompt
@@ -153,8 +155,6 @@ def _page_sample(sample_id: str, ref: str, prompt: str, target: str, source: str
 def _qa_sample(record: dict, refs: list[str], index: int, source: str, prompt: str | None,
                meta: dict) -> Sample:
     """Pages (in order) then the question; or the record's own conversation with page tags."""
-    from data import sources  # not at import time: data.sources imports this module
-
     sample_id = str(record.get("id", index))
     if "conversations" in record or "messages" in record:
         turns = record.get("conversations")
@@ -162,7 +162,7 @@ def _qa_sample(record: dict, refs: list[str], index: int, source: str, prompt: s
             turns = _messages_as_turns(record["messages"])
         llava = {**record, **meta, "image": refs, "conversations": turns}
         llava.pop("messages", None)
-        return sources._llava_to_sample(llava, index, Path("."), source)
+        return llava_to_sample(llava, index, Path("."), source)
     question, answer, answers = record.get("question"), record.get("answer"), record.get("answers")
     if answer is None and isinstance(answers, list) and answers:
         answer = answers[0]
@@ -299,8 +299,6 @@ def read_pdf(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
 
 def _read_pdf_annotations(path: Path, task: str, ranges, cfg: SourceConfig,
                           bad: BadSampleLog) -> list[Sample]:
-    from data.sources import read_records
-
     root = Path(cfg.image_root) if cfg.image_root else path.parent
     samples = []
     for index, record in enumerate(read_records(path)):
@@ -415,8 +413,6 @@ def read_page_images(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
 
 def _page_images_qa(root: Path, docs: list[Path], ranges, cfg: SourceConfig,
                     bad: BadSampleLog) -> list[Sample]:
-    from data.sources import read_records
-
     files = [(f, None) for f in [root / QA_FILE] if f.is_file()]
     files += [(doc / QA_FILE, doc) for doc in docs if doc != root and (doc / QA_FILE).is_file()]
     if not files:

@@ -11,7 +11,7 @@ or a box that misses its object after the budget resize. This renders a few enco
   Qwen3-VL's relative [0, 1000) coordinates (``data.boxes``), which hold under any resize, so
   a box that misses its object here is wrong in the data. Videos become a sheet of their frames.
 
-Samples are read as training gets them (``data.stats.read_for_training``): a sample shrunk to
+Samples are read as training gets them (``data.tools.stats.read_for_training``): a sample shrunk to
 fit ``data.max_seq_len`` / ``data.max_visual_tokens`` is shown at its smaller budget.
 """
 
@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw
 from data.boxes import answer_json, box_from_relative, point_from_relative
 from data.config import DataConfig
 from data.encode import IGNORE_INDEX
-from data.samples import Sample
-from data.stats import SourceSamples, read_for_training
+from data.samples import BadSample, Sample
+from data.tools.stats import SourceSamples, read_for_training
 
 LABEL_MARKS = ("[[", "]]")
 TERMINAL_MARKS = ("\x1b[1;32m", "\x1b[0m")  # bold green
@@ -313,8 +313,6 @@ def run(cfg: DataConfig, processor, out_dir: str | Path, n: int = 5, ids: list[s
     """Encode the selected samples and write ``out_dir/<k>_<id>.txt``, ``..._img<j>.png`` and
     ``show.json``. Boxes are drawn on a sample's image when it has exactly one (with several,
     the answer does not say which image a box belongs to)."""
-    from data.stats import bad_record_dict
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = read_for_training(cfg, processor)
@@ -326,15 +324,15 @@ def run(cfg: DataConfig, processor, out_dir: str | Path, n: int = 5, ids: list[s
         try:
             example = src.encoder.encode(sample)
         except (OSError, ValueError) as e:
-            failed.append({"id": sample.id, "source": name, "file": sample.source,
-                           "index": sample.index, "reason": f"{type(e).__name__}: {e}"})
+            failed.append(BadSample(sample.source, sample.index, sample.id,
+                                    f"{type(e).__name__}: {e}", name).to_json("encode"))
             continue
         entry = show_sample(k, sample, example, processor, out_dir, name,
                             TERMINAL_MARKS if terminal else LABEL_MARKS)
         if print_text:
             print(f"----- {sample.id} ({name})\n{entry['text']}")
         shown.append(entry)
-    bad_records = [bad_record_dict(r) for s in sources for r in s.bad.records]
+    bad_records = [r.to_json("read") for s in sources for r in s.bad.records]
     why = {r["id"]: r["reason"] for r in bad_records}
     result = {"out": str(out_dir), "shown": shown, "failed": failed, "missing_ids": missing,
               "missing_reasons": {i: why[i] for i in missing if i in why},

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from data.config import DataConfig
-from data.samples import DataError
-from data.stats import SourceSamples, bad_record_dict, read_for_training
+from data.samples import BadSample, BadSampleFile, DataError
+from data.tools.stats import SourceSamples, read_for_training
 
 FORMAT_VERSION = 1
 SEQUENCE_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
@@ -73,19 +73,20 @@ class EncodeRows:
     def __init__(self, sources: list[SourceSamples]):
         self.sources = sources
 
-    def encode(self, position: int, row: int) -> tuple[dict | None, dict | None]:
+    def encode(self, position: int, row: int) -> tuple[dict | None, BadSample | None]:
         """(row of the dataset, None) or (None, failure record)."""
         sample = self.sources[position].samples[row]
-        meta = {"id": sample.id, "source": self.sources[position].config.name,
-                "file": sample.source, "index": sample.index}
+        name = self.sources[position].config.name
+        meta = {"id": sample.id, "source": name, "file": sample.source, "index": sample.index}
         try:
             example = self.sources[position].encoder.encode(sample)
         except (OSError, ValueError) as e:
-            return None, {**meta, "reason": f"{type(e).__name__}: {e}"}
+            return None, BadSample(sample.source, sample.index, sample.id,
+                                   f"{type(e).__name__}: {e}", name)
         unknown = sorted(set(example) - set(SEQUENCE_FIELDS) - set(VISUAL_FIELDS))
         if unknown:  # a new encoder output: extend features() rather than drop it silently
             raise KeyError(f"prepare cannot store encoded field {unknown[0]!r}; add it to "
-                           "data.prepare.features")
+                           "data.tools.prepare.features")
         row = {**meta, "fields": list(example)}
         row.update({name: example[name].numpy() if name in example else None
                     for name in (*SEQUENCE_FIELDS, *VISUAL_FIELDS)})
@@ -103,7 +104,7 @@ def _init_worker(sources: list[SourceSamples]) -> None:
 
 
 def _encode_chunk(task: tuple[str, list[tuple[int, int]], object],
-                  worker: EncodeRows | None = None) -> tuple[str, int, list[dict]]:
+                  worker: EncodeRows | None = None) -> tuple[str, int, list[BadSample]]:
     """Encode one chunk into an Arrow file with ``worker`` (in a pool: the process's own);
     returns (file, rows written, failure records)."""
     from datasets.arrow_writer import ArrowWriter
@@ -185,18 +186,12 @@ def _write_reports(cfg: DataConfig, processor_path: str, out_dir: Path,
                    sources: list[SourceSamples], n_good: int, failures: list[dict]) -> dict:
     from data.configio import to_dict
 
-    with open(out_dir / "bad_samples.jsonl", "w") as f:
-        for s in sources:
-            for record in s.bad.records:
-                f.write(json.dumps({**bad_record_dict(record), "source": s.config.name,
-                                    "stage": "read"}) + "\n")
-        for e in failures:
-            f.write(json.dumps({"file": e["file"], "index": e["index"], "id": e["id"],
-                                "reason": e["reason"], "source": e["source"],
-                                "stage": "encode"}) + "\n")
+    bad_file = BadSampleFile(out_dir / "bad_samples.jsonl", mode="w")
+    bad_file.write([r for s in sources for r in s.bad.records], stage="read")
+    bad_file.write(failures, stage="encode")
     per_source = {}
     for s in sources:
-        n_failed = sum(e["source"] == s.config.name for e in failures)
+        n_failed = sum(e.source == s.config.name for e in failures)
         per_source[s.config.name] = {"read": len(s.samples), "bad_records": len(s.bad.records),
                                      "shrunk": sum(x.vision_budget is not None for x in s.samples),
                                      "failed_to_encode": n_failed,

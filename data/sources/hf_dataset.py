@@ -1,4 +1,4 @@
-"""Hugging Face datasets as a source (``format: hf_dataset``), and the ``hfrow://`` image scheme.
+"""Hugging Face datasets as a source (``format: hf_dataset``).
 
 ``SourceConfig.path`` is loaded exactly as for a real dataset: a local ``save_to_disk`` folder
 (``dataset_dict.json`` or ``state.json`` inside) with ``datasets.load_from_disk``; any other
@@ -19,37 +19,27 @@ guessed from common names, see ``ROLES``):
 - ``messages`` / ``conversations``: a column already holding a chat, in the messages layout
   (``role`` / ``content``; image parts without a reference take the row's images in order, the
   layout TRL's vision datasets use) or the LLaVA layout (``from`` / ``value`` with ``<image>``
-  tags). These rows go through the JSON sources' converters in ``data.sources``, so they get
-  the same checks and repair rules;
+  tags). These rows go through the chat converters of ``data.sources.chat``, so they get the
+  same checks and repair rules;
 - ``id``: the sample id (default: the row number).
 
 Images never enter Python memory when a source is read: each becomes an ``hfrow://``
-reference naming an Arrow file of the dataset, the row in that file, the column and (for image
-lists) the item. The files are memory-mapped once per process and a reference reads just its
-own cell: ``ref_size`` parses only the image header, ``open_ref`` decodes the pixels when a
-sample is encoded. References are plain strings, so they pickle into DataLoader workers, which
-map the files again on first use.
+reference (``data.media.dataset_images``) naming the dataset, the row, the column and (for image
+lists) the item; its pixels are decoded when the sample is encoded.
 """
 
 from __future__ import annotations
 
-import bisect
-import io
-import os
-import string
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import pyarrow as pa
 
-from data import images as images_lib
 from data.config import SourceConfig
+from data.media import dataset_images
 from data.samples import BadSample, BadSampleLog, DataError, Sample
-
-SCHEME = "hfrow://"
+from data.sources.chat import llava_to_sample, messages_to_sample
+from data.sources.records import answer_list, template_fields
 
 # role -> column names tried in order when ``columns`` does not name one.
 ROLES = {
@@ -61,6 +51,7 @@ ROLES = {
     "id": ("id", "question_id", "questionId"),
 }
 CHAT_ROLES = ("messages", "conversations")
+SCAN_ROWS = 1024  # rows per Arrow batch when scanning an image column's validity
 
 
 # --- Loading a split -------------------------------------------------------------------------
@@ -82,14 +73,15 @@ def _list_item(t: pa.DataType) -> pa.DataType | None:
 
 @dataclass
 class HFSplit:
-    """One loaded split, Arrow-backed: text columns come out as Python values, images as
-    ``hfrow://`` references (see ``image_refs``)."""
+    """One loaded split: text columns come out as Python values, images as ``hfrow://``
+    references (see ``image_refs``)."""
 
     dataset: object  # datasets.Dataset
     where: str  # "path [split]", for reports
     root: str  # relative image paths resolve here
-    files: list[str]  # the Arrow files holding the rows, in row order
-    starts: list[int]  # global row number of each file's first row
+    path: str  # how the split was opened, for its image references
+    split: str
+    subset: str | None
 
     @property
     def columns(self) -> list[str]:
@@ -101,7 +93,7 @@ class HFSplit:
     def image_kind(self, column: str) -> str | None:
         """``image`` (one image struct), ``images`` (a list of them), ``path`` / ``paths``
         (file paths as strings), or None if the column holds no images."""
-        t = self.dataset.data.schema.field(column).type
+        t = self.dataset.features.arrow_schema.field(column).type
         item = _list_item(t)
         if _is_image_struct(t):
             return "image"
@@ -115,218 +107,51 @@ class HFSplit:
 
     def text_rows(self, columns: list[str]) -> list[dict]:
         """The rows restricted to ``columns`` (never image columns) as Python values."""
-        return self.dataset.data.table.select(columns).to_pylist()
+        if not columns:
+            return [{} for _ in range(len(self.dataset))]
+        return self.dataset.select_columns(columns).to_list()
 
     def image_refs(self, column: str) -> list[list[str] | None]:
         """Per row: the image references of ``column`` (None where the cell is empty). Reads
         validity bitmaps and list lengths only, never image bytes. Path strings are returned
         as stored (they resolve against ``root``)."""
         kind = self.image_kind(column)
-        chunked = self.dataset.data.table.column(column)
-        if kind in ("path", "paths"):
-            values = chunked.to_pylist()
-            return [([v] if kind == "path" else list(v)) if v else None for v in values]
+        view = self.dataset.select_columns([column]).with_format("arrow")
         refs: list[list[str] | None] = []
-        row = 0
-        for chunk in chunked.chunks:
-            if kind == "image":
-                present = chunk.is_valid().to_pylist()
-                for ok in present:
-                    refs.append([self._ref(row, column, None)] if ok else None)
-                    row += 1
-            else:  # a list of images per row
-                lengths = [n if ok else 0 for n, ok in zip(
-                    _list_lengths(chunk), chunk.is_valid().to_pylist())]
-                for n in lengths:
-                    refs.append([self._ref(row, column, k) for k in range(n)] if n else None)
-                    row += 1
+        for batch in view.iter(batch_size=SCAN_ROWS):
+            chunk = batch.column(column)
+            if kind in ("path", "paths"):
+                refs += [([v] if kind == "path" else list(v)) if v else None
+                         for v in chunk.to_pylist()]
+                continue
+            present = chunk.is_valid().to_pylist()
+            lengths = [1] * len(present) if kind == "image" else _list_lengths(chunk)
+            for ok, n in zip(present, lengths):
+                row = len(refs)
+                if not ok or not n:
+                    refs.append(None)
+                elif kind == "image":
+                    refs.append([self._ref(row, column, None)])
+                else:
+                    refs.append([self._ref(row, column, k) for k in range(n)])
         return refs
 
     def _ref(self, row: int, column: str, item: int | None) -> str:
-        i = bisect.bisect_right(self.starts, row) - 1
-        return make_ref(self.files[i], row - self.starts[i], column, item)
+        return dataset_images.make_ref(self.path, self.split, self.subset, row, column, item)
 
 
-def _list_lengths(chunk: pa.Array) -> list[int]:
+def _list_lengths(chunk) -> list[int]:
     import pyarrow.compute as pc
 
     return [n or 0 for n in pc.list_value_length(chunk).to_pylist()]
 
 
-FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json",
-                 ".csv": "csv"}
-
-
 def open_split(cfg: SourceConfig) -> HFSplit:
     """Load ``cfg.path`` / ``cfg.split`` with the ``datasets`` library (see module doc)."""
-    import datasets
-
+    ds = dataset_images.open_dataset(cfg.path, cfg.split, cfg.subset)
     path = Path(cfg.path).expanduser()
-    where = f"{cfg.path} [{cfg.split}]"
-    try:
-        if path.is_dir() and (path / "dataset_dict.json").is_file():
-            saved = datasets.load_from_disk(str(path))
-            if cfg.split not in saved:
-                raise DataError(f"{cfg.path}: no split {cfg.split!r}; the saved dataset has "
-                                f"{', '.join(saved)}. Set the source's split.")
-            ds = saved[cfg.split]
-        elif path.is_dir() and (path / "state.json").is_file():
-            ds = datasets.load_from_disk(str(path))  # one saved Dataset: its only split
-        elif path.is_file():  # one data file: its builder by suffix, the file is the split
-            builder = FILE_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise DataError(f"{cfg.path}: cannot read a {path.suffix or 'suffixless'} file as a "
-                                f"dataset; give parquet, arrow, json(l) or csv, or a dataset folder")
-            ds = datasets.load_dataset(builder, data_files={cfg.split: str(path)}, split=cfg.split,
-                                       keep_in_memory=False)
-        elif path.exists():
-            ds = datasets.load_dataset(str(path), cfg.subset, split=cfg.split, keep_in_memory=False)
-        elif cfg.path.startswith((".", "/", "~")):
-            raise DataError(f"{cfg.path}: dataset folder not found")
-        else:  # a hub id
-            ds = datasets.load_dataset(cfg.path, cfg.subset, split=cfg.split, keep_in_memory=False)
-    except DataError:
-        raise
-    except (ValueError, FileNotFoundError, ConnectionError, OSError) as e:
-        raise DataError(f"{cfg.path}: cannot load split {cfg.split!r} with the datasets "
-                        f"library: {e}") from None
-    if isinstance(ds, datasets.DatasetDict):  # load_from_disk of a dict without the marker file
-        ds = ds[cfg.split]
-    files, starts = _arrow_files(ds)
-    if files is None:  # rows are a selection of the files' rows (split slice, indices mapping)
-        ds = ds.select(range(len(ds))).flatten_indices()
-        files, starts = _arrow_files(ds)
-        if files is None:
-            raise DataError(f"{cfg.path}: the dataset is not backed by Arrow files on disk; "
-                            f"save it with save_to_disk and point the source there")
     root = cfg.image_root or str(path if path.is_dir() else path.parent)
-    return HFSplit(ds, where, root, files, starts)
-
-
-def _arrow_files(ds) -> tuple[list[str], list[int]] | tuple[None, None]:
-    """The Arrow files whose rows, in order, are exactly the dataset's rows, with each file's
-    first row; (None, None) when the dataset maps or slices rows."""
-    if getattr(ds, "_indices", None) is not None or not ds.cache_files:
-        return None, None
-    files = [os.path.abspath(f["filename"]) for f in ds.cache_files]
-    starts, total = [], 0
-    for f in files:
-        starts.append(total)
-        total += _table(f).num_rows
-    return (files, starts) if total == len(ds) else (None, None)
-
-
-# --- The hfrow:// scheme (registered in data.images.SCHEMES) ---------------------------------
-
-_CACHE_SIZE = 128  # open files per process; mapping is cheap, so eviction is too
-_lock = threading.Lock()
-_tables: OrderedDict = OrderedDict()  # (pid, path) -> memory-mapped pyarrow Table
-
-
-def make_ref(arrow_file: str, row: int, column: str, item: int | None = None) -> str:
-    """``hfrow:///abs/file.arrow#ROW/COLUMN[/ITEM]``; ROW counts from the file's first row."""
-    tail = f"/{item}" if item is not None else ""
-    return f"{SCHEME}{quote(arrow_file)}#{row}/{quote(column, safe='')}{tail}"
-
-
-def parse_ref(ref: str) -> tuple[str, int, str, int | None]:
-    """(arrow file, row in it, column, list item or None) of an ``hfrow://`` reference."""
-    body, sep, fragment = ref[len(SCHEME):].rpartition("#")
-    parts = fragment.split("/")
-    try:
-        if not sep or len(parts) not in (2, 3):
-            raise ValueError
-        item = int(parts[2]) if len(parts) == 3 else None
-        return unquote(body), int(parts[0]), unquote(parts[1]), item
-    except ValueError:
-        raise ValueError(f"malformed dataset image reference {ref[:120]!r} (expected "
-                         f"{SCHEME}/path/file.arrow#ROW/COLUMN[/ITEM])") from None
-
-
-def _table(path: str) -> pa.Table:
-    """The Arrow file memory-mapped (zero-copy), cached per process."""
-    key = (os.getpid(), path)
-    with _lock:
-        if key in _tables:
-            _tables.move_to_end(key)
-            return _tables[key]
-    source = pa.memory_map(path)
-    try:
-        table = pa.ipc.open_stream(source).read_all()  # what `datasets` writes
-    except pa.ArrowInvalid:
-        table = pa.ipc.open_file(source).read_all()
-    with _lock:
-        _tables[key] = table
-        while len(_tables) > _CACHE_SIZE:
-            _tables.popitem(last=False)
-    return table
-
-
-def _cell(ref: str):
-    """The image struct scalar a reference points at; ValueError says why it cannot be read."""
-    path, row, column, item = parse_ref(ref)
-    if not os.path.isfile(path):
-        raise ValueError(f"dataset file not found: {path}")
-    table = _table(path)
-    if column not in table.column_names or not 0 <= row < table.num_rows:
-        raise ValueError(f"no row {row} / column {column!r} in {path}")
-    cell = table.column(column)[row]
-    if item is not None:
-        values = cell.values if cell.is_valid else None
-        if values is None or not 0 <= item < len(values):
-            raise ValueError(f"missing image: row {row} of {path} has no image {item} in "
-                             f"column {column!r}")
-        cell = values[item]
-    if not cell.is_valid:
-        raise ValueError(f"missing image: column {column!r} is empty")
-    return cell
-
-
-def _image_file(ref: str, zero_copy: bool = False):
-    """A binary file object over the image's encoded bytes (or its path on disk). With
-    ``zero_copy`` it reads the memory-mapped file in place (enough for a header)."""
-    cell = _cell(ref)
-    data = cell["bytes"]
-    if not data.is_valid:
-        return _path_of(cell, ref)
-    return pa.BufferReader(data.as_buffer()) if zero_copy else io.BytesIO(data.as_py())
-
-
-def check_ref(ref: str) -> str | None:
-    """Why the reference cannot be an image, or None. Cheap: validity bits and the path
-    field are read, the image bytes are not."""
-    try:
-        cell = _cell(ref)
-        if not cell["bytes"].is_valid:
-            _path_of(cell, ref)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def _path_of(cell, ref: str) -> str:
-    """The file an image cell without bytes points at (as `datasets` stores local images)."""
-    path = cell["path"].as_py() if cell.type.get_field_index("path") >= 0 else None
-    if path and os.path.isfile(path):
-        return path
-    raise ValueError(f"missing image: no bytes in column {parse_ref(ref)[2]!r}"
-                     + (f" and its path is not a file: {path}" if path else ""))
-
-
-def open_ref(ref: str):
-    from PIL import Image
-
-    return Image.open(_image_file(ref))
-
-
-def ref_size(ref: str) -> tuple[int, int]:
-    """(height, width) from the image header, read in place: no pixels decoded, no bytes
-    copied (a 4.5 MB PNG: 40 us, against 340 us through a copy)."""
-    from PIL import Image
-
-    with Image.open(_image_file(ref, zero_copy=True)) as im:
-        width, height = im.size
-    return height, width
+    return HFSplit(ds, f"{cfg.path} [{cfg.split}]", root, cfg.path, cfg.split, cfg.subset)
 
 
 # --- The hf_dataset source --------------------------------------------------------------------
@@ -351,26 +176,6 @@ def resolve_columns(cfg: SourceConfig, split: HFSplit, roles: dict[str, tuple[st
         else:
             found[role] = next((c for c in guesses if c in split.columns), None)
     return found
-
-
-def template_fields(template: str) -> set[str]:
-    """The placeholder names of a ``str.format`` template."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise DataError(f"prompt {template!r} is not a valid template: {e}") from None
-    return {name.split(".")[0].split("[")[0] for _, name, _, _ in parsed if name}
-
-
-def answer_list(value, column: str) -> list[str]:
-    """A str, number or list of them -> the non-empty answers; ValueError if none."""
-    if value is None:
-        raise ValueError(f"missing answer (column {column!r} is empty)")
-    values = value if isinstance(value, list) else [value]
-    answers = [str(v).strip() for v in values if v is not None and str(v).strip()]
-    if not answers:
-        raise ValueError(f"empty answer (column {column!r})")
-    return answers
 
 
 def read_hf_dataset(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
@@ -436,8 +241,6 @@ def _check_roles(cfg: SourceConfig, split: HFSplit, roles: dict) -> list[str]:
 
 
 def _qa_row(cfg, roles, row, images, sample_id, index, split) -> Sample:
-    from data.sources import _messages_to_sample
-
     answers = answer_list(row[roles["answer"]], roles["answer"])
     question = row[roles["question"]] if roles["question"] else None
     if cfg.prompt is not None:
@@ -453,7 +256,7 @@ def _qa_row(cfg, roles, row, images, sample_id, index, split) -> Sample:
     content = [{"type": "image", "image": ref} for ref in images] + [{"type": "text", "text": text}]
     record = {"id": sample_id, "messages": [{"role": "user", "content": content},
                                             {"role": "assistant", "content": answers[0]}]}
-    sample = _messages_to_sample(record, index, Path(split.root), split.where)
+    sample = messages_to_sample(record, index, Path(split.root), split.where)
     sample.meta = {**row, "answers": answers}
     return sample
 
@@ -461,15 +264,13 @@ def _qa_row(cfg, roles, row, images, sample_id, index, split) -> Sample:
 def _chat_row(turns, images: list[str], column: str, sample_id: str, index: int,
               split: HFSplit) -> Sample:
     """A chat cell in the LLaVA (``from``/``value``) or messages (``role``/``content``) layout,
-    through the JSON sources' converters."""
-    from data.sources import _llava_to_sample, _messages_to_sample
-
+    through the chat converters."""
     if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict):
         raise ValueError(f"column {column!r} holds no list of turns")
     root = Path(split.root)
     if turns[0].get("from") is not None:
         record = {"id": sample_id, "image": images, "conversations": turns}
-        return _llava_to_sample(record, index, root, split.where)
+        return llava_to_sample(record, index, root, split.where)
     messages = [_drop_nulls(t) for t in turns]
     pending = list(images)
     n_slots = 0
@@ -493,7 +294,7 @@ def _chat_row(turns, images: list[str], column: str, sample_id: str, index: int,
     elif n_slots != len(images):
         raise ValueError(f"{n_slots} image parts in column {column!r} but {len(images)} images")
     record = {"id": sample_id, "messages": messages}
-    return _messages_to_sample(record, index, root, split.where)
+    return messages_to_sample(record, index, root, split.where)
 
 
 def _drop_nulls(d):

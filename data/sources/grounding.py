@@ -18,7 +18,7 @@ without other annotations give no sample (COCO has such images; they are not err
 ``format: refcoco`` — one sample per referring expression, answer one box (``task: bbox``,
 default) or its centre (``task: point``); prompt placeholder ``{expression}``. ``path`` is
   - a dataset in the lmms-lab/RefCOCO(+/g) layout (hub id, parquet or ``save_to_disk`` folder,
-    read by ``data.hf_source``): ``question_id, image, question, answer, segmentation, bbox,
+    read by ``data.sources.hf_dataset``): ``question_id, image, question, answer, segmentation, bbox,
     iscrowd, file_name``, where ``answer`` holds the expressions (a list) and ``question`` a
     fixed captioning prompt (ignored); ``bbox`` is pixel ``[x, y, w, h]``. Roles can be
     remapped with ``columns`` (``image``, ``expression``, ``bbox``, ``id``, ``width``,
@@ -56,9 +56,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from data import boxes as B
-from data import images as images_lib
 from data.config import SourceConfig
+from data.media import images as images_lib
 from data.samples import BadSample, BadSampleLog, DataError, Sample
+from data.sources.chat import messages_to_sample
+from data.sources.hf_dataset import open_split, resolve_columns
+from data.sources.records import iter_records, template_fields
 
 PROMPTS = {
     ("coco", "per_image"): "Locate every instance of the following categories in this image: "
@@ -117,8 +120,6 @@ def _task(cfg: SourceConfig, choices: tuple[str, ...]) -> str:
 
 
 def _prompt(cfg: SourceConfig, task: str) -> str:
-    from data.hf_source import template_fields
-
     template = cfg.prompt if cfg.prompt is not None else PROMPTS[(cfg.format, task)]
     allowed = PROMPT_FIELDS[(cfg.format, task)]
     unknown = sorted(template_fields(template) - allowed)
@@ -152,12 +153,10 @@ def _locate_image(original: str, root, hint: tuple[int, int] | None) -> tuple[st
 
 def _sample(sample_id: str, index: int, source: str, ref: str, root: Path, prompt: str,
             targets: list[dict], meta: dict) -> Sample:
-    from data.sources import _messages_to_sample
-
     record = {"id": sample_id, "messages": [
         {"role": "user", "content": [{"type": "image", "image": ref}, {"type": "text", "text": prompt}]},
         {"role": "assistant", "content": grounding_answer(targets)}]}
-    sample = _messages_to_sample(record, index, root, source)
+    sample = messages_to_sample(record, index, root, source)
     sample.meta = meta
     return sample
 
@@ -270,8 +269,6 @@ def read_refcoco(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
 
 
 def _refcoco_refs(cfg, bad, task, template, box_format) -> list[Sample]:
-    from data.sources import iter_records
-
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"{path}: refs file not found")
@@ -333,8 +330,6 @@ def read_screenspot(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
 
         return _read_hf_rows(cfg, bad, SCREENSPOT_ROLES, ("instruction", "bbox"), row_samples)
 
-    from data.sources import iter_records
-
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
@@ -381,8 +376,6 @@ def _read_hf_rows(cfg, bad, roles_spec, required, row_samples) -> list[Sample]:
     """Open the split, map roles to columns, and turn each row into samples with
     ``row_samples(row, image_refs, roles, index, sample_id, split)``; a ValueError makes the
     row bad."""
-    from data.hf_source import open_split, resolve_columns
-
     split = open_split(cfg)
     roles = resolve_columns(cfg, split, roles_spec)
     for role in ("image",) + tuple(required):

@@ -2,7 +2,7 @@
 
 A document corpus can hold thousands of pages; rendering them all when a source is read would
 cost minutes and gigabytes. A sample therefore carries one such reference per page (page
-numbers are 1-based, as in PDF viewers), registered in ``data.images.SCHEMES``:
+numbers are 1-based, as in PDF viewers), registered in ``data.media.images.SCHEMES``:
 
 - ``ref_size`` gives the rendered (height, width) from the page size in points and the dpi
   (72 points per inch) without parsing or rendering the page, so the token planner stays cheap;
@@ -12,26 +12,26 @@ numbers are 1-based, as in PDF viewers), registered in ``data.images.SCHEMES``:
 - ``check_ref`` says why a reference cannot be read (missing, corrupt or encrypted file,
   page out of range), or None.
 
-PDFium is not thread-safe, so every call into it holds one lock. Open documents are cached
-per process (keyed by path, size and mtime) so a multi-page sample opens its file once.
+PDFium is not thread-safe, so every call into it holds one lock (the document cache's). Open
+documents are cached per process (keyed by path, size and mtime) so a multi-page sample opens
+its file once.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
-from collections import OrderedDict
 from urllib.parse import quote, unquote
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 
+from data.media.cache import ProcessCache
+
 SCHEME = "pdfpage://"
 POINTS_PER_INCH = 72
-_CACHE_SIZE = 8
-_lock = threading.RLock()
-_open_docs: OrderedDict = OrderedDict()  # (pid, path, size, mtime) -> PdfDocument
+_docs = ProcessCache(8, close=lambda doc: doc.close())  # (path, size, mtime) -> PdfDocument
+_lock = _docs.lock  # held around every PDFium call
 
 
 def page_ref(path: str, page: int, dpi: int) -> str:
@@ -62,21 +62,16 @@ def open_document(path: str):
         raise ValueError(f"PDF file not found: {path}") from None
     if stat.st_size == 0:
         raise ValueError(f"empty PDF file (0 bytes): {path}")
-    key = (os.getpid(), path, stat.st_size, stat.st_mtime_ns)
-    with _lock:
-        if key in _open_docs:
-            _open_docs.move_to_end(key)
-            return _open_docs[key]
+
+    def open_fn():
         try:
-            doc = pdfium.PdfDocument(path)
+            return pdfium.PdfDocument(path)
         except pdfium.PdfiumError as e:
             raise ValueError(_load_error(e, path)) from None
         except OSError as e:
             raise ValueError(f"cannot read PDF file ({e.strerror or e}): {path}") from None
-        _open_docs[key] = doc
-        while len(_open_docs) > _CACHE_SIZE:
-            _open_docs.popitem(last=False)[1].close()
-        return doc
+
+    return _docs.get((path, stat.st_size, stat.st_mtime_ns), open_fn)
 
 
 def _load_error(e, path: str) -> str:
@@ -136,7 +131,7 @@ def page_text(path: str, page: int) -> str:
     return "\n".join(line.rstrip() for line in lines).strip()
 
 
-# --- the data.images scheme interface ---------------------------------------------------------
+# --- the data.media.images scheme interface ---------------------------------------------------------
 
 def ref_size(ref: str) -> tuple[int, int]:
     path, page, dpi = parse_ref(ref)

@@ -182,7 +182,7 @@ def check(ref: VideoRef) -> str | None:
     """Why ``ref`` cannot be used as a video, naming the file, or None. Reads headers, and for
     a video file decodes its first frame (a file with no decodable frame is caught here)."""
     if ref.is_frames:
-        from data.images import image_size
+        from data.media.images import image_size
 
         for path in ref.source:
             if not os.path.isfile(path):
@@ -216,7 +216,7 @@ def _aspect_problem(height: int, width: int, path: str) -> str | None:
 def probe(ref: VideoRef) -> VideoInfo:
     """Header facts of a video, without decoding pixels. Raises ValueError naming the file."""
     if ref.is_frames:
-        from data.images import image_size
+        from data.media.images import image_size
 
         height, width = image_size(ref.source[0])
         return VideoInfo(len(ref.source), ref.frame_fps or DEFAULT_FRAME_FPS, height, width)
@@ -350,7 +350,7 @@ def decode(ref: VideoRef, frame_plan: FramePlan, skip_gops: bool = True) -> torc
     but not decoded (the result is the same; long videos decode many times faster)."""
     size = (frame_plan.height, frame_plan.width)
     if ref.is_frames:
-        from data.images import load_image
+        from data.media.images import load_image
 
         frames = {}
         for i in sorted(set(frame_plan.indices)):

@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image
 
 from data.config import SourceConfig
-from data.synthetic import write_grey_video
+from data.tools.synthetic import write_grey_video
 
 # sample id -> the rule that repairs it (these samples must encode, not be reported)
 REPAIRED = {
     "good-tiny_image": "a 1x1 image is upscaled by the processor to min_pixels (sides of 32)",
     "good-images_without_tags": "images go before the first user text (LLaVA convention)",
-    "1": "a COCO box partly outside the image is clipped to it (data/grounding.py)",
+    "1": "a COCO box partly outside the image is clipped to it (data/sources/grounding.py)",
 }
 
 

@@ -21,8 +21,8 @@ DATA_URI_PREFIX = "data:image/"
 # scheme prefix -> module with check_ref(ref) -> str | None, open_ref(ref) -> PIL image,
 # ref_size(ref) -> (height, width) without decoding pixels.
 SCHEMES: dict[str, str] = {
-    "pdfpage://": "data.pdfpages",  # a PDF page rendered at a dpi (data/pdfpages.py)
-    "hfrow://": "data.hf_source",  # an image cell of a datasets Arrow file (data/hf_source.py)
+    "pdfpage://": "data.media.pdfpages",  # a PDF page rendered at a dpi (data/media/pdfpages.py)
+    "hfrow://": "data.media.dataset_images",  # an image cell of a dataset (data/media/dataset_images.py)
 }
 
 

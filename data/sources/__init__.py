@@ -1,0 +1,64 @@
+"""Sources: read an on-disk corpus into ``Sample``s. This package only registers the readers;
+each format lives in its own module:
+
+- ``chat.py``: ``llava_json`` (Qwen-finetune / LLaVA) and ``messages`` (OpenAI-style chats), and
+  the chat conversion every other reader shares;
+- ``documents.py``: ``pdf`` and ``page_images``;
+- ``hf_dataset.py``: ``hf_dataset`` (a hub id, parquet, arrow or ``save_to_disk`` data);
+- ``grounding.py``: ``coco``, ``refcoco`` and ``screenspot``;
+- ``records.py``: JSON / JSONL record reading with per-line errors (a leaf the readers share).
+
+A reader is ``read(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]``; the format names a
+config may use are ``data.config.SOURCE_FORMATS`` (a test keeps it equal to ``FORMATS``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data.config import SourceConfig
+from data.samples import BadSampleLog, DataError, Sample
+from data.sources import chat, documents, grounding, hf_dataset
+
+# Every format a source config can name: reader(cfg, bad) -> samples.
+FORMATS = {
+    "llava_json": chat.read_llava_json,  # Qwen-finetune / LLaVA JSON or JSONL
+    "messages": chat.read_messages,  # OpenAI-style chat records
+    "pdf": documents.read_pdf,  # PDFs / annotation files -> page-image samples
+    "page_images": documents.read_page_images,  # folders of page images per document
+    "hf_dataset": hf_dataset.read_hf_dataset,  # hub id, parquet or save_to_disk folder
+    "coco": grounding.read_coco,  # COCO instances -> bbox_2d answers
+    "refcoco": grounding.read_refcoco,  # referring expressions -> one bbox_2d / point_2d
+    "screenspot": grounding.read_screenspot,  # GUI grounding -> point_2d / bbox_2d
+}
+
+
+def load(cfg: SourceConfig, bad: BadSampleLog | None = None) -> list[Sample]:
+    """Read one configured source. Records that cannot become a sample go to ``bad`` (which
+    raises at once under the ``error`` policy) with the file, record index, reason and the
+    source's name."""
+    bad = bad or BadSampleLog("error")
+    start = len(bad.records)
+    samples = FORMATS[cfg.format](cfg, bad)
+    bad.name_source(start, cfg.name)
+    if cfg.max_samples is not None:
+        samples = samples[:cfg.max_samples]
+    if cfg.system_prompt:
+        for s in samples:
+            if s.messages[0]["role"] != "system":
+                s.messages.insert(0, {"role": "system",
+                                      "content": [{"type": "text", "text": cfg.system_prompt}]})
+    return samples
+
+
+def load_source(fmt: str, path: str | Path, image_root: str | Path | None = None,
+                bad: BadSampleLog | None = None) -> list[Sample]:
+    """Read ``path`` in format ``fmt`` (shorthand for ``load(SourceConfig(...))``)."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}; choose from {sorted(FORMATS)}")
+    return load(SourceConfig(path=str(path), format=fmt,
+                             image_root=str(image_root) if image_root else None), bad)
+
+
+def load_llava_json(path, image_root=None, bad: BadSampleLog | None = None) -> list[Sample]:
+    return load_source("llava_json", path, image_root, bad)
