@@ -9,10 +9,10 @@ from data.configio import config_main
 from train.config import Config
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config, hooks=None) -> None:
     from train.trainer import train  # imported after the config is known to be good
 
-    final = train(cfg)
+    final = train(cfg, hooks)
     if os.environ.get("RANK", "0") == "0":
         print(f"[train] done: {final}")
 

@@ -1,0 +1,1 @@
+"""Helpers shared by the test files: run launchers, fault injection, fixture builders."""
