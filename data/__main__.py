@@ -17,10 +17,10 @@
            with the answers' bbox_2d / point_2d drawn) and DIR/<k>_<id>_video<j>.png (frames);
            DIR/show.json lists them. --print also prints the texts (coloured on a terminal).
   prepare  CONFIG [key=value ...] --out DIR [--model PATH] [--num-proc N]
-           pre-encode every sample into a datasets Arrow dataset (DIR/dataset, read back with
-           data.tools.prepare.PreparedDataset), DIR/bad_samples.jsonl (samples that failed to read,
-           fit the budget or encode: file, index, id, reason) and DIR/manifest.json (config,
-           processor, counts; data.tools.prepare.stale_reasons says whether a cache still matches).
+           pre-encode every sample into a datasets Arrow dataset (DIR/dataset; training reads it
+           with data.prepared=DIR, code with data.prepared.PreparedDataset), DIR/bad_samples.jsonl
+           (samples that failed to read, fit the budget or encode) and DIR/manifest.json (config,
+           processor, counts; a stale cache is refused by training).
 
 CONFIG is a training config (its ``data:`` section is read; ``model.path`` is the default
 ``--model``) or a file holding only a data section. Overrides use the file's own keys

@@ -155,6 +155,10 @@ class DataConfig:
     # finds unreadable media and over-budget samples up front. Packing, length grouping and
     # max_visual_tokens need it; turn it off only to start a huge unpacked run sooner.
     plan_ahead: bool = True
+    # A cache written by `python -m data prepare` for this data section: training reads the
+    # encoded samples from it instead of encoding (a cache built from other data, budgets or
+    # processor is refused, saying what differs).
+    prepared: str | None = None
     on_bad_sample: Literal["error", "skip"] = "error"
     max_bad_fraction: float = 0.05  # with on_bad_sample=skip: stop if more are bad than this
     num_workers: int = 0

@@ -37,6 +37,20 @@ class Corpus:
         """The encoder of the source that global sample ``index`` comes from."""
         return self.encoders[bisect.bisect_right(self.offsets, index) - 1]
 
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def encode(self, index: int) -> dict:
+        """Model inputs of global sample ``index``, at its source's (or its own shrunk) budget."""
+        return self.encoder_for(index).encode(self.samples[index])
+
+    def sample_id(self, index: int) -> str:
+        return self.samples[index].id
+
+    def bad_record(self, index: int, reason: str) -> BadSample:
+        sample = self.samples[index]
+        return BadSample(sample.source, sample.index, sample.id, reason, self.source_of(index).name)
+
     def source_of(self, index: int) -> SourceConfig:
         """The configured source global sample ``index`` comes from."""
         return self.sources[bisect.bisect_right(self.offsets, index) - 1]

@@ -217,20 +217,21 @@ def write_html(rows: list[dict], path: str | Path, base: str | None = None) -> P
 
 
 def write_png(rows: list[dict], path: str | Path) -> Path:
-    """Grouped bar chart: one group per task, one bar (and colour) per checkpoint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Grouped bar chart: one group per task, one bar (and colour) per checkpoint. Drawn on a
+    bare ``Figure``, not pyplot, so the caller's matplotlib backend is left alone."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     entries = as_entries(rows)
     cols, cks, score = columns(entries), checkpoints(entries), score_table(entries)
     width = 0.8 / max(len(cks), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(cols) * (0.5 + 0.35 * len(cks))), 4.5))
+    fig = Figure(figsize=(max(6.0, 1.2 + len(cols) * (0.5 + 0.35 * len(cks))), 4.5))
+    ax = fig.subplots()
+    tab10 = colormaps["tab10"]
     for i, ck in enumerate(cks):
         xs = [j + (i - (len(cks) - 1) / 2) * width for j in range(len(cols))]
         ax.bar(xs, [100 * score.get((ck, c["task"]), float("nan")) for c in cols], width,
-               label=ck.replace("$", r"\$"), color=plt.cm.tab10(i % 10))  # "$" would start mathtext
+               label=ck.replace("$", r"\$"), color=tab10(i % 10))  # "$" would start mathtext
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels([f"{c['benchmark']}\n{c['task']}\n({c['metric']})" for c in cols], fontsize=8)
     ax.set_ylim(0, 100)
@@ -241,7 +242,6 @@ def write_png(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

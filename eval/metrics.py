@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from rapidfuzz.distance import Levenshtein
+
 from data.boxes import iou, parse_boxes
 
 THINK_RE = re.compile(r"^.*?</think>", re.DOTALL)
@@ -45,26 +47,17 @@ def exact_match(prediction: str, golds: list[str]) -> float:
     return float(any(p == normalize(g) for g in golds))
 
 
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
 def anls(prediction: str, golds: list[str], threshold: float = 0.5) -> float:
     """Average Normalised Levenshtein Similarity for one question (DocVQA): the best
-    similarity over the gold answers, zeroed below ``threshold``."""
+    similarity over the gold answers, zeroed below ``threshold``. The edit distance is
+    rapidfuzz's (C, per code point), not a Python loop: answers can be paragraphs long."""
     p = " ".join(prediction.strip().lower().split())
     best = 0.0
     for gold in golds:
         g = " ".join(gold.strip().lower().split())
         if not p and not g:
             return 1.0
-        sim = 1.0 - levenshtein(p, g) / max(len(p), len(g))
+        sim = 1.0 - Levenshtein.distance(p, g) / max(len(p), len(g))
         best = max(best, sim if sim >= threshold else 0.0)
     return best
 

@@ -7,11 +7,17 @@ loses nothing and scores the same. A sample that cannot be prepared (an unreadab
 generated (see ``generate_each``) is recorded as a failure and scored 0; it never stops the
 run, and a rerun tries it again.
 
+Each prediction is scored once, when it is written: the record carries ``score``, ``parsed``
+and ``scorer``, a fingerprint of the task's scoring settings (MathVista's judge; null for tasks
+without any). Those settings are left out of the cache key on purpose, so changing the judge
+regenerates nothing: the summary rescores just the records whose fingerprint differs (or that
+an older version wrote without one) and appends them, superseding the old ones.
+
 Data parallel: under ``torchrun --nproc_per_node N python -m eval ...`` every rank loads the
 model, takes every N-th unfinished sample and streams its predictions to its own
 ``<task>.rank<r>.jsonl``; rank 0 then merges the parts into ``<task>.jsonl`` and scores.
-Scoring reads predictions by sample id, in the benchmark's order, so the result is the same
-as a single-process run's.
+The summary reads the records by sample id, in the benchmark's order, so the result is the
+same as a single-process run's.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -37,11 +42,30 @@ from train.distributed import DistInfo, barrier, cleanup, init_distributed
 
 
 def run_key(cfg: EvalConfig, ck, spec) -> str:
-    task = {k: v for k, v in asdict(spec).items() if k != "judge"}  # scoring only
+    task = {k: v for k, v in asdict(spec).items() if k != "judge"}  # scoring only: see scorer_key
     payload = {"path": ck.path, "adapter": ck.adapter, "task": task,
                "generation": asdict(cfg.generation), "vision": asdict(cfg.vision),
                "dtype": cfg.dtype, "backend": cfg.backend}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def scorer_key(task) -> str | None:
+    """A short hash of the task's scoring settings (``task.scoring_settings()``, e.g. MathVista's
+    judge), stored with every score; None for a task whose scoring has no settings. It tells
+    the summary which cached scores were made under other settings."""
+    settings = task.scoring_settings() if hasattr(task, "scoring_settings") else None
+    if settings is None:
+        return None
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class EvalHooks:
+    """Where a caller can act on a running eval. ``evaluate`` runs with these no-ops; tests and
+    benchmarks pass a subclass (``tests/helpers/faults.py`` SIGKILLs the process after N batches
+    to prove that a resumed run loses nothing), so no fault injection lives in the loop itself."""
+
+    def batch_written(self) -> None:
+        """Called on every rank after each batch's predictions are written and flushed."""
 
 
 def prediction_files(pred_path: Path) -> list[Path]:
@@ -78,28 +102,17 @@ def merge_parts(pred_path: Path) -> None:
         part.unlink()
 
 
-_batches_written = 0
-
-
-def batch_written() -> None:
-    """Fault injection for tests and benchmarks: QWEN3VL_EVAL_KILL_AFTER_BATCHES=2 SIGKILLs the
-    process once it has written two batches, over all tasks (no cleanup, as a preempted node)."""
-    global _batches_written
-    _batches_written += 1
-    kill_after = os.environ.get("QWEN3VL_EVAL_KILL_AFTER_BATCHES")
-    if kill_after and _batches_written >= int(kill_after):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
-                  dist: DistInfo | None = None) -> dict | None:
-    """Generate what is missing for one (checkpoint, task) and score it. Under data parallel,
-    every rank generates its share and rank 0 alone returns the result row (others: None)."""
+                  dist: DistInfo | None = None, hooks: EvalHooks | None = None) -> dict | None:
+    """Generate and score what is missing for one (checkpoint, task), then summarise. Under
+    data parallel, every rank generates its share and rank 0 alone returns the result row
+    (others: None)."""
+    hooks = hooks if hooks is not None else EvalHooks()
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     task = get_task(spec.name, spec)
     samples = task.load(spec)[: spec.limit]
     budget = cfg.vision.with_overrides(spec.vision, f"tasks.{spec.name}.vision")
-    key = run_key(cfg, ck, spec)
+    key, scorer = run_key(cfg, ck, spec), scorer_key(task)
     opens_thinking = prompt_opens_thinking(generator.processor)
     pred_path = out_dir / "predictions" / ck.name / f"{spec.name}.jsonl"
     pred_path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,29 +127,13 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
                disable=not cfg.progress or not mine or rank != 0)
     with open(out_path, "a") as f, bar:
         for i in range(0, len(mine), cfg.generation.batch_size):
-            chunk, prepared, records = mine[i:i + cfg.generation.batch_size], [], []
-            for s in chunk:
-                try:
-                    prepared.append((s, generator.prepare(s, budget)))
-                except (OSError, ValueError) as e:
-                    records.append({"id": s.id, "prediction": "", "error": f"{type(e).__name__}: {e}"})
-            for s, text in generate_each(generator, prepared):
-                if isinstance(text, Exception):
-                    records.append({"id": s.id, "prediction": "",
-                                    "error": f"generation failed: {type(text).__name__}: {text}"})
-                else:
-                    record = {"id": s.id, "prediction": text, "answer": s.answer()}
-                    if thinking_truncated(text, opens_thinking):
-                        record["thinking_truncated"] = True
-                    record["score"], record["parsed"] = score_record(task, s, record)  # for readers
-                    records.append(record)
-            for r in records:
-                r["key"] = key
-                f.write(json.dumps(r) + "\n")
-                done[r["id"]] = r
+            chunk = mine[i:i + cfg.generation.batch_size]
+            for s, record in predict_batch(generator, chunk, budget, opens_thinking):
+                record = score_record(task, s, record, scorer)
+                f.write(json.dumps({**record, "key": key}) + "\n")
             f.flush()
             bar.update(len(chunk))
-            batch_written()
+            hooks.batch_written()
     seconds = time.perf_counter() - t0
 
     barrier()  # every rank's part is complete
@@ -146,11 +143,33 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
     merge_parts(pred_path)
     done = read_cached(pred_path, key)
     barrier()  # merged: no rank reads parts of this task any more
+    rescored = rescore_stale(task, samples, done, scorer, pred_path)
     row = score_task(task, samples, done)
     row.update(checkpoint=ck.name, task=spec.name, split=spec.split or getattr(task, "split", None),
-               benchmark=getattr(task, "benchmark", spec.name), generated=len(todo), processes=world,
-               seconds=round(seconds, 2), config_hash=key)
+               benchmark=getattr(task, "benchmark", spec.name), generated=len(todo),
+               rescored=rescored, processes=world, seconds=round(seconds, 2), config_hash=key)
     return row
+
+
+def predict_batch(generator, chunk: list, budget, opens_thinking: bool) -> list[tuple]:
+    """[(sample, unscored record)] for one batch. A sample that cannot be prepared or generated
+    becomes a record with ``error`` instead of a prediction."""
+    prepared, records = [], []
+    for s in chunk:
+        try:
+            prepared.append((s, generator.prepare(s, budget)))
+        except (OSError, ValueError) as e:
+            records.append((s, {"id": s.id, "prediction": "", "error": f"{type(e).__name__}: {e}"}))
+    for s, text in generate_each(generator, prepared):
+        if isinstance(text, Exception):
+            records.append((s, {"id": s.id, "prediction": "",
+                                "error": f"generation failed: {type(text).__name__}: {text}"}))
+            continue
+        record = {"id": s.id, "prediction": text, "answer": s.answer()}
+        if thinking_truncated(text, opens_thinking):
+            record["thinking_truncated"] = True
+        records.append((s, record))
+    return records
 
 
 def generate_each(generator, prepared: list[tuple]) -> list[tuple]:
@@ -176,23 +195,49 @@ def generate_each(generator, prepared: list[tuple]) -> list[tuple]:
         return results
 
 
-def score_record(task, sample, record: dict) -> tuple[float, bool]:
-    """(score, parsed) of one recorded prediction. Failed samples and unfinished reasoning
-    score 0; the latter also counts as unparsed."""
+def score_record(task, sample, record: dict, scorer: str | None) -> dict:
+    """The record with ``score``, ``parsed`` and the ``scorer`` fingerprint they were made
+    under. Failed samples score 0 (counted as failed, not unparsed); unfinished reasoning
+    scores 0 and counts as unparsed, without asking the task."""
     if "error" in record:
-        return 0.0, True
-    if record.get("thinking_truncated"):
-        return 0.0, False
-    return task.score(strip_thinking(record["prediction"]), sample)
+        score, parsed = 0.0, True
+    elif record.get("thinking_truncated"):
+        score, parsed = 0.0, False
+    else:
+        score, parsed = task.score(strip_thinking(record["prediction"]), sample)
+    return {**record, "score": score, "parsed": parsed, "scorer": scorer}
+
+
+def scored_under(record: dict, scorer: str | None) -> bool:
+    """Whether the record's stored score was made under these scoring settings. Records from
+    versions that stored no fingerprint (or no score) were not."""
+    return all(k in record for k in ("score", "parsed", "scorer")) and record["scorer"] == scorer
+
+
+def rescore_stale(task, samples: list, done: dict[str, dict], scorer: str | None,
+                  pred_path: Path) -> int:
+    """Rescore, in ``done``, the samples whose records were scored under other settings, and
+    append the rescored records to the predictions file, where they supersede the old ones
+    (``read_cached`` keeps a sample's last record), so that the next run does not ask a judge
+    again. Returns how many were rescored."""
+    stale = [s for s in samples if not scored_under(done[s.id], scorer)]
+    if stale:
+        with open(pred_path, "a") as f:
+            for s in stale:
+                done[s.id] = score_record(task, s, done[s.id], scorer)
+                f.write(json.dumps(done[s.id]) + "\n")
+                f.flush()  # a judge is slow: keep what is done if the run is killed
+    return len(stale)
 
 
 def score_task(task, samples: list, done: dict[str, dict]) -> dict:
-    """Score every sample from its recorded prediction; failures score 0 and are counted."""
+    """Summarise the stored scores of every sample (see ``rescore_stale`` for stale ones);
+    failures score 0 and are counted."""
     scores, unparsed, failed, truncated = [], 0, 0, 0
     groups: dict[str, list[float]] = {}
     for s in samples:
         record = done[s.id]
-        score, parsed = score_record(task, s, record)
+        score, parsed = record["score"], record["parsed"]
         failed += "error" in record
         truncated += bool(record.get("thinking_truncated"))
         unparsed += not parsed
@@ -219,9 +264,10 @@ def breakdown_keys(task, sample) -> list[str]:
     return keys
 
 
-def evaluate(cfg: EvalConfig) -> list[dict]:
+def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
     """Every checkpoint on every task; results/<checkpoint>.json and the leaderboard. Returns
-    the result rows (on rank 0; other ranks of a data-parallel run return [])."""
+    the result rows (on rank 0; other ranks of a data-parallel run return []). ``hooks``: see
+    ``EvalHooks``."""
     dist = init_distributed()
     if cfg.backend == "vllm" and dist.world_size > 1:
         raise ValueError("backend: vllm runs in one process (it shards with vllm.tensor_parallel_size); "
@@ -238,13 +284,14 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows = []
         for spec in cfg.tasks:
-            row = evaluate_task(generator, cfg, ck, spec, out_dir, dist)
+            row = evaluate_task(generator, cfg, ck, spec, out_dir, dist, hooks)
             if row is None:
                 continue
             row.update(model=resolved.model, adapter=resolved.adapter, checkpoint_kind=resolved.kind,
                        arch=resolved.arch, date=date)
             print(f"[eval] {ck.name} {row['task']}: {row['metric']}={row['score']:.4f} "
-                  f"(n={row['n']}, unparsed={row['unparsed']}, failed={row['failed']})", flush=True)
+                  f"(n={row['n']}, unparsed={row['unparsed']}, failed={row['failed']}"
+                  + (f", rescored={row['rescored']}" if row["rescored"] else "") + ")", flush=True)
             rows.append(row)
         if dist.is_main:
             (out_dir / "results" / f"{ck.name}.json").write_text(json.dumps(rows, indent=1))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data.encode import prompt_text
 from data.media.images import load_image
+from train.qwen3_vl.names import vision_module_names
 
 IMAGE_PAD = "<|image_pad|>"
 # Images one prompt may carry (vLLM profiles memory for this many); benchmarks with more per
@@ -30,17 +31,12 @@ IMAGE_PAD = "<|image_pad|>"
 MAX_IMAGES_PER_PROMPT = 8
 # vLLM accepts only these values for max_lora_rank; an adapter's rank is rounded up to one.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-# What vLLM serves no LoRA on: the vision tower and its mergers, and the MoE experts. Vision
-# module names are those of transformers' Qwen3-VL classes (train.lora's presets); an adapter's
-# target_modules is matched against them as peft would. Experts are fused parameters, not
-# modules: LoRA reaches them only by target_parameters, or by a name saying "experts".
+# What vLLM serves no LoRA on: the vision tower and its mergers, and the MoE experts. An
+# adapter's target_modules is matched, as peft would, against the vision modules of its base
+# model (train.qwen3_vl.names.vision_module_names of the base's config). Experts are fused
+# parameters, not modules: LoRA reaches them only by target_parameters, or by a name saying
+# "experts".
 NON_LLM_WORDS = ("visual", "vision", "merger", "experts")
-_VISION_BLOCK = ("attn.qkv", "attn.proj", "mlp.linear_fc1", "mlp.linear_fc2")
-_MERGERS = ["merger"] + [f"deepstack_merger_list.{i}" for i in range(8)]
-NON_LLM_MODULES = tuple(
-    [f"model.visual.blocks.{i}.{m}" for i in range(64) for m in _VISION_BLOCK]
-    + [f"model.visual.{m}.{fc}" for m in _MERGERS for fc in ("linear_fc1", "linear_fc2")]
-    + ["model.visual.patch_embed.proj"])
 NEEDS_VLLM = ("backend: vllm needs vLLM: pip install vllm (a CUDA build matching this torch; see "
               "https://docs.vllm.ai/en/latest/getting_started/installation/) or set backend: hf")
 NEEDS_GPU = ("backend: vllm needs a CUDA GPU and torch.cuda.is_available() is False here; "
@@ -75,7 +71,9 @@ def engine_kwargs(resolved, cfg) -> dict:
         "limit_mm_per_prompt": {"image": MAX_IMAGES_PER_PROMPT, "video": 0},
     }
     if resolved.kind == "lora":
-        rank = check_lora_adapter(resolved.adapter)
+        from transformers import AutoConfig
+
+        rank = check_lora_adapter(resolved.adapter, AutoConfig.from_pretrained(resolved.model))
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(rank))
     kwargs.update(cfg.vllm)
     return kwargs
@@ -91,19 +89,23 @@ def vllm_lora_rank(rank: int) -> int:
                      f"model, or use backend: hf")
 
 
-def check_lora_adapter(adapter_dir) -> int:
+def check_lora_adapter(adapter_dir, model_config) -> int:
     """The adapter's rank, after checking that vLLM can serve all of it: LoRA on language-model
-    linear layers only, nothing vLLM would drop or scale differently from peft."""
+    linear layers only, nothing vLLM would drop or scale differently from peft.
+
+    ``model_config``: the config of the base model the adapter is applied to (its vision
+    tower's module names are what target_modules must not reach)."""
     path = Path(adapter_dir) / "adapter_config.json"
     config = json.loads(path.read_text())
+    vision_modules = vision_module_names(model_config)
     problems = []
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
-        if _regex_reaches_non_llm(targets):
+        if _regex_reaches_non_llm(targets, vision_modules):
             problems.append(f"target_modules {targets!r} reaches the vision tower, merger or "
                             f"MoE experts")
     else:
-        outside = [t for t in targets if _name_reaches_non_llm(t)]
+        outside = [t for t in targets if _name_reaches_non_llm(t, vision_modules)]
         if outside:
             problems.append(f"target_modules {outside} are in the vision tower, merger or "
                             f"MoE experts")
@@ -131,19 +133,19 @@ def _names_non_llm(target: str) -> bool:
     return target == "all-linear" or any(word in target for word in NON_LLM_WORDS)
 
 
-def _name_reaches_non_llm(target: str) -> bool:
+def _name_reaches_non_llm(target: str, vision_modules: list[str]) -> bool:
     """peft's list form: a name matches modules equal to it or ending in ``.<name>``."""
     if _names_non_llm(target):
         return True
-    return any(m == target or m.endswith("." + target) for m in NON_LLM_MODULES)
+    return any(m == target or m.endswith("." + target) for m in vision_modules)
 
 
-def _regex_reaches_non_llm(pattern: str) -> bool:
+def _regex_reaches_non_llm(pattern: str, vision_modules: list[str]) -> bool:
     """peft's string form: a regex full-matched against module names."""
     if _names_non_llm(pattern):
         return True
     try:
-        return any(re.fullmatch(pattern, m) for m in NON_LLM_MODULES)
+        return any(re.fullmatch(pattern, m) for m in vision_modules)
     except re.error:
         return False  # not a valid regex: peft fails on it before vLLM would
 

@@ -5,9 +5,10 @@ name=value lines:
       batched vs one-at-a-time generation in this process, same predictions or not;
   dp_equals_single: `torchrun --nproc_per_node 2 -m eval` gives the scores and predictions of
       `python -m eval` (1 or 0);
-  resume_equals_uninterrupted: a `python -m eval` SIGKILLed after its second batch, then
-      rerun, gives the uninterrupted scores and predictions (1 or 0), and regenerates only
-      what was lost (resume_regenerated=).
+  resume_equals_uninterrupted: an eval SIGKILLed after its second batch
+      (`tests/helpers/faults.py eval CONFIG --kill-after-batches 2`), then rerun with
+      `python -m eval`, gives the uninterrupted scores and predictions (1 or 0), and
+      regenerates only what was lost (resume_regenerated=).
 
 Run with no arguments; --batch-size and --per-task change the workload.
 """
@@ -37,6 +38,7 @@ from eval.runner import evaluate_task  # noqa: E402
 from train.debug_models import build_tiny_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ROOT / "tests/helpers/faults.py"
 
 TASKS = ("synthetic_vqa", "synthetic_grounding", "synthetic_doc")
 
@@ -91,7 +93,7 @@ def main() -> None:
 
     run_cli(config(work / "single"))
     run_cli(config(work / "dp"), nproc=2)
-    killed = run_cli(config(work / "resumed"), env={"QWEN3VL_EVAL_KILL_AFTER_BATCHES": "2"}, check=False)
+    killed = run_cli(config(work / "resumed"), kill_after_batches=2, check=False)
     if killed.returncode != -9:
         raise SystemExit(f"the run was meant to be SIGKILLed: rc {killed.returncode}\n{killed.stderr[-3000:]}")
     run_cli(config(work / "resumed"))
@@ -103,13 +105,18 @@ def main() -> None:
     print(f"resume_regenerated={regenerated}")
 
 
-def run_cli(config: Path, nproc: int = 1, env: dict | None = None,
+def run_cli(config: Path, nproc: int = 1, kill_after_batches: int | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "eval"] if nproc == 1 else [
+    """``python -m eval CONFIG``, under torchrun when nproc > 1; with ``kill_after_batches``,
+    tests/helpers/faults.py instead, which SIGKILLs the process after that many batches."""
+    entry, faults = ["-m", "eval"], []
+    if kill_after_batches is not None:
+        entry, faults = [str(FAULTS), "eval"], ["--kill-after-batches", str(kill_after_batches)]
+    launcher = [sys.executable, *entry] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(29500 + os.getpid() % 1000), "-m", "eval"]
-    proc = subprocess.run(launcher + [str(config)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, **(env or {})))
+        "--master_port", str(29500 + os.getpid() % 1000), *entry]
+    proc = subprocess.run(launcher + [str(config), *faults], capture_output=True, text=True,
+                          cwd=ROOT)
     if check and proc.returncode != 0:
         raise SystemExit(f"{' '.join(launcher)} {config} failed:\n{proc.stderr[-3000:]}")
     return proc

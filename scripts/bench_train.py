@@ -70,7 +70,7 @@ def experts_throughput(implementation: str, tokens: int, device: str, dtype) -> 
     import torch
     from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextSparseMoeBlock
 
-    from train.model_shapes import qwen3_vl_30b_a3b_config
+    from train.qwen3_vl.shapes import qwen3_vl_30b_a3b_config
 
     text = qwen3_vl_30b_a3b_config(num_hidden_layers=1).text_config
     text._experts_implementation = implementation
@@ -98,8 +98,8 @@ def gpu_shapes(work: Path, data: Path, layers: int) -> dict[str, float]:
     from transformers import AutoModelForImageTextToText
 
     from data.processor import build_processor
-    from train.debug_models import write_experts_in_hub_layout
-    from train.model_shapes import SHAPES
+    from train.qwen3_vl.shapes import SHAPES
+    from train.qwen3_vl.state_dict import write_experts_in_hub_layout
 
     attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
     figures = {}

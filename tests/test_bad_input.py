@@ -11,7 +11,7 @@ import yaml
 from data.config import DataConfig, VisionBudget
 from data.samples import BAD_SAMPLE_KEYS
 from data.tools.faults import REPAIRED, audit, write_faulty_corpus
-from tests.test_train import CONFIG, run_train
+from tests.helpers.launch import TRAIN_CONFIG, run_train
 
 UNPARSEABLE = {"bad-invalid_json_line": "invalid JSON", "bad-non_utf8_text": "not valid UTF-8"}
 
@@ -38,14 +38,14 @@ def test_every_bad_sample_is_reported_and_nothing_crashes(faulty, processor):
 
 def test_training_over_the_faulty_corpus_completes_and_reports(faulty, tiny, tmp_path):
     sources, expected = faulty
-    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg = yaml.safe_load(TRAIN_CONFIG.read_text())
     chat = next(s for s in sources if s.name == "chat")
     cfg["data"] = {"sources": [{"path": chat.path}],
                    "vision": {"max_pixels": 128 * 128}, "max_seq_len": 1024,
                    "on_bad_sample": "skip", "max_bad_fraction": 0.9}
     config = tmp_path / "faulty.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    proc = run_train(tiny, None, tmp_path / "run", "train.max_steps=3", "train.batch_size=2",
+    proc = run_train(tiny["dense"], tmp_path / "run", "train.max_steps=3", "train.batch_size=2",
                      config=config)
     # All but the truncated image are caught before step 1 (it fails only when decoded).
     in_chat = set(expected) - {"bad-unreadable_pdf", "2"}  # the PDF and COCO sources are not used

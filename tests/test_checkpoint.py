@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from train.checkpoint import list_checkpoints, resolve_resume, stale_checkpoints
+from train.checkpoint import resolve_resume, stale_checkpoints
+from train.layout import list_checkpoints
 
 
 def make(root, step, loss, complete=True):

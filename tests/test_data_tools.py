@@ -23,7 +23,7 @@ from data.tools.synthetic import write_grey_video
 from data.corpus import load_corpus
 from data.encode import SampleEncoder
 from data.planner import TokenPlanner
-from data.tools.prepare import PreparedDataset, StaleCacheError, stale_reasons
+from data.prepared import PreparedDataset, StaleCacheError, stale_reasons
 from data.tools.show import (MARK_COLOR, Mark, answer_marks, draw_marks, model_view_images,
                        render_text)
 from data.sources import load_llava_json

@@ -8,15 +8,11 @@ different modalities in the same step (which hangs ZeRO-3 unless the vision towe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs/demo/train_lora.yaml"
+from tests.helpers.launch import run_train
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +22,11 @@ def mixed(corpus, tmp_path_factory) -> Path:
     return write_mixed_modality(corpus["train"], tmp_path_factory.mktemp("mixed") / "mixed.json")
 
 
-def launch(model: Path, data: Path, out: Path, *overrides, env: dict | None = None, check=True,
+def launch(model: Path, data: Path, out: Path, *overrides, faults: tuple = (), check=True,
            launcher: str = "torchrun"):
-    args = [f"model.path={model}", f"data.train={data}", f"train.output_dir={out}",
-            "train.batch_size=1", "train.warmup_steps=1", "train.log_every=1", "train.progress=false",
-            "train.max_steps=4", "lora.r=4", "lora.alpha=8", "logging.loss_plot=false", *overrides]
-    port = str(29500 + (os.getpid() + hash(str(out))) % 2000)
-    if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", port, "-m", "train"]
-    else:  # the deepspeed launcher appends --local_rank=N to the arguments
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
-               "--master_port", port, "--module", "train"]
-    cmd += [str(CONFIG), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **(env or {})))
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+    """A 2-process run of the demo config, batch 1, 4 steps."""
+    return run_train(model, out, "train.batch_size=1", "train.max_steps=4", "logging.loss_plot=false",
+                     *overrides, data=data, nproc=2, launcher=launcher, faults=faults, check=check)
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -87,7 +70,7 @@ def test_zero3_full_sigkill_resume_and_zero2_match(tiny, mixed, tmp_path):
     common = ["lora.enabled=false", "train.lr=1e-3", "train.save_every=2"]
     launch(tiny["dense"], mixed, full, "distributed.deepspeed=zero3", *common)
     proc = launch(tiny["dense"], mixed, killed, "distributed.deepspeed=zero3", *common,
-                  env={"QWEN3VL_KILL_AT_STEP": "3"}, check=False)
+                  faults=("--kill-at-step", "3"), check=False)
     assert proc.returncode != 0 and not (killed / "checkpoint-4").exists()
     assert (killed / "checkpoint-2/deepspeed/latest").is_file()
     launch(tiny["dense"], mixed, killed, "distributed.deepspeed=zero3", *common, "train.resume=auto")
@@ -128,7 +111,7 @@ def test_expert_parallel_on_dense_model_fails_at_start(tiny, mixed, tmp_path):
 def test_zero3_nan_step_is_skipped_on_every_rank(tiny, mixed, tmp_path):
     out = tmp_path / "nan"
     proc = launch(tiny["dense"], mixed, out, "distributed.deepspeed=zero3", "train.max_steps=3",
-                  env={"QWEN3VL_INJECT_NAN_STEPS": "2"})  # NaN on rank 1 only; both must skip
+                  faults=("--nan-steps", "2"))  # NaN on rank 1 only; both must skip
     assert "step 2: non-finite loss; step skipped" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["loss"] is None and rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]

@@ -57,3 +57,29 @@ def test_deepspeed_json_disagreeing_with_the_yaml_is_named(tmp_path, tiny):
         deepspeed_config(cfg(f"distributed.deepspeed={path}"), CPU2, AutoConfig.from_pretrained(tiny["dense"]))
     with pytest.raises(FileNotFoundError, match=r"zero4.*\['zero2', 'zero3', 'zero3_offload'\]"):
         deepspeed_config(cfg("distributed.deepspeed=zero4"), CPU2, AutoConfig.from_pretrained(tiny["dense"]))
+
+
+def test_schedule_warms_up_then_decays_and_holds_on_a_skipped_step():
+    """transformers' schedules behind the skip gate: linear warm-up from 0, then cosine to 0
+    at max_steps; a step the optimizer refused leaves the schedule where it was."""
+    import math
+    from types import SimpleNamespace
+
+    from train.engine import SkippingAdamW, build_scheduler
+
+    cfg = SimpleNamespace(lr_schedule="cosine", warmup_steps=2, max_steps=10)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = SkippingAdamW([param], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg, gate=optimizer)
+    seen = []
+    for step in range(10):
+        seen.append(scheduler.get_last_lr()[0])
+        param.grad = torch.ones(1)
+        optimizer.skip_next = step == 4  # a NaN step: no update, schedule held
+        optimizer.step()
+        scheduler.step()
+    expected = [0.0, 0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in (1, 2, 2, 3, 4, 5, 6)]
+    assert seen == pytest.approx(expected)
+    restored = build_scheduler(SkippingAdamW([param], lr=1.0), cfg)
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.get_last_lr() == scheduler.get_last_lr()

@@ -28,9 +28,25 @@ def eval_config(tiny, data: Path, out: Path, adapter: str | None = None):
         f"leaderboard={out}/leaderboard", "generation.batch_size=5", "generation.max_new_tokens=8"])
 
 
-def test_eval_writes_predictions_results_and_leaderboard(tiny, corpus, tmp_path):
+def count_scoring(monkeypatch) -> list[tuple[str, str]]:
+    """(task, sample id) of every call of the synthetic tasks' ``score``, in order."""
+    from eval.tasks.synthetic import SyntheticTask
+
+    calls, score = [], SyntheticTask.score
+
+    def counted(self, prediction, sample):
+        calls.append((self.name, sample.id))
+        return score(self, prediction, sample)
+
+    monkeypatch.setattr(SyntheticTask, "score", counted)
+    return calls
+
+
+def test_eval_writes_predictions_results_and_leaderboard(tiny, corpus, tmp_path, monkeypatch):
     out = tmp_path / "eval"
+    scored = count_scoring(monkeypatch)
     rows = evaluate(eval_config(tiny, corpus["eval"], out))
+    assert len(scored) == len(set(scored)) == 12  # each prediction scored once, when written
     assert [(r["task"], r["metric"]) for r in rows] == [
         ("synthetic_vqa", "exact_match"), ("synthetic_grounding", "acc_iou50"),
         ("synthetic_doc", "anls")]
@@ -45,10 +61,38 @@ def test_eval_writes_predictions_results_and_leaderboard(tiny, corpus, tmp_path)
     assert "<table" in (out / "leaderboard.html").read_text()
     assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # A rerun with the same settings generates nothing and scores the same.
+    # A rerun with the same settings generates nothing, scores nothing again and gives the
+    # same scores: the stored ones.
+    scored.clear()
     again = evaluate(eval_config(tiny, corpus["eval"], out))
-    assert [r["generated"] for r in again] == [0, 0, 0]
+    assert [(r["generated"], r["rescored"]) for r in again] == [(0, 0)] * 3
+    assert [r["score"] for r in again] == [r["score"] for r in rows] and scored == []
+
+
+def test_records_from_older_versions_are_scored_at_summary(tiny, corpus, tmp_path, monkeypatch):
+    """Records without a scoring fingerprint (or without a score) are scored when the run is
+    summarised, once: the rescored records are appended and supersede the old ones."""
+    out = tmp_path / "eval"
+    rows = evaluate(eval_config(tiny, corpus["eval"], out))
+    path = out / "predictions/base/synthetic_doc.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, record in enumerate(old):
+        del record["scorer"]
+        if i % 2:
+            del record["score"], record["parsed"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+
+    scored = count_scoring(monkeypatch)
+    again = evaluate(eval_config(tiny, corpus["eval"], out))
+    assert [(r["generated"], r["rescored"]) for r in again] == [(0, 0), (0, 0), (0, 4)]
+    assert sorted(scored) == sorted(("synthetic_doc", r["id"]) for r in old)
     assert [r["score"] for r in again] == [r["score"] for r in rows]
+    latest = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    assert all(r["scorer"] is None and "score" in r and "parsed" in r for r in latest.values())
+
+    scored.clear()
+    assert [r["rescored"] for r in evaluate(eval_config(tiny, corpus["eval"], out))] == [0, 0, 0]
+    assert scored == []
 
 
 def test_batched_generation_equals_one_at_a_time(tiny, corpus, tmp_path):
@@ -81,9 +125,10 @@ def test_unreadable_image_is_recorded_not_fatal(tiny, corpus, tmp_path):
 
 
 def test_eval_cli_loads_base_plus_adapter(tiny, corpus, tmp_path):
-    from tests.test_train import run_train
+    from tests.helpers.launch import run_train
 
-    run_train(tiny, corpus, tmp_path / "train", "train.max_steps=2")
+    run_train(tiny["dense"], tmp_path / "train", "train.max_steps=2", "train.batch_size=4",
+              data=corpus["train"])
     adapter = tmp_path / "train/final"
     cfg_path = tmp_path / "eval.yaml"
     cfg_path.write_text(f"""

@@ -17,6 +17,7 @@ import yaml
 from eval.checkpoints import resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ROOT / "tests/helpers/faults.py"
 TASKS = ("synthetic_vqa", "synthetic_grounding", "synthetic_doc")
 
 
@@ -67,19 +68,22 @@ def test_mid_run_checkpoints_and_full_fine_tunes(tiny, tmp_path):
 
     final = tmp_path / "full/final"  # the run's final/: a fine-tune, not a base model
     shutil.copytree(tiny["dense"], final)
+    (tmp_path / "full/config.json").write_text(run_config)  # the trainer writes the run config
     assert resolve_checkpoint(str(tmp_path / "full")).kind == "full"
 
     zero3_step = tmp_path / "zero3/checkpoint-4"
-    (zero3_step / "model").mkdir(parents=True)
+    (zero3_step / "model").mkdir(parents=True)  # ZeRO-3 full weights: only DeepSpeed shards
+    (zero3_step / "deepspeed").mkdir()
+    (zero3_step / "deepspeed/latest").write_text("state")
     (zero3_step / "train_config.json").write_text(run_config)
     with pytest.raises(ValueError, match="python -m train.export"):
         resolve_checkpoint(str(zero3_step))
 
 
 def test_not_a_checkpoint_says_what_is_missing(tmp_path):
-    with pytest.raises(ValueError, match="neither config.json .* nor adapter_config.json"):
+    with pytest.raises(ValueError, match="no adapter_config.json, no config.json"):
         resolve_checkpoint(str(tmp_path))
-    with pytest.raises(ValueError, match="no such folder"):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         resolve_checkpoint(str(tmp_path / "missing"))
 
 
@@ -96,12 +100,18 @@ def write_config(tiny, corpus, out: Path, batch_size: int = 2) -> Path:
     return path
 
 
-def run_eval(config: Path, nproc: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "eval"] if nproc == 1 else [
+def run_eval(config: Path, nproc: int = 1,
+             kill_after_batches: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m eval CONFIG``, under torchrun when nproc > 1; with ``kill_after_batches``,
+    the fault-injecting launcher instead, which SIGKILLs each process after that many batches."""
+    entry, faults = ["-m", "eval"], []
+    if kill_after_batches is not None:
+        entry, faults = [str(FAULTS), "eval"], ["--kill-after-batches", str(kill_after_batches)]
+    launcher = [sys.executable, *entry] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(29500 + (os.getpid() + 7) % 1000), "-m", "eval"]
-    return subprocess.run(launcher + [str(config)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), timeout=600)
+        "--master_port", str(29500 + (os.getpid() + 7) % 1000), *entry]
+    return subprocess.run(launcher + [str(config), *faults], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
 
 
 def outcome(out: Path) -> tuple[list[tuple], dict]:
@@ -142,7 +152,7 @@ def test_killed_data_parallel_run_resumes_to_identical_scores(tiny, corpus, tmp_
     config = write_config(tiny, corpus, out)
     # Each rank SIGKILLs itself after its first batch of the first task (torchrun may take the
     # other rank down first, so one part may be short).
-    killed = run_eval(config, nproc=2, env={"QWEN3VL_EVAL_KILL_AFTER_BATCHES": "1"})
+    killed = run_eval(config, nproc=2, kill_after_batches=1)
     assert killed.returncode != 0
     parts = sorted((out / "predictions/base").glob("synthetic_vqa.rank*.jsonl"))
     finished = sum(_complete_lines(p) for p in parts)
@@ -170,7 +180,7 @@ def _complete_lines(path: Path) -> int:
 def test_killed_run_mid_task_loses_only_the_unfinished_batch(tiny, corpus, tmp_path, uninterrupted):
     out = tmp_path / "killed"
     config = write_config(tiny, corpus, out, batch_size=1)
-    killed = run_eval(config, env={"QWEN3VL_EVAL_KILL_AFTER_BATCHES": "3"})
+    killed = run_eval(config, kill_after_batches=3)
     assert killed.returncode == -9
     assert len((out / "predictions/base/synthetic_vqa.jsonl").read_text().splitlines()) == 3
     resumed = run_eval(config)

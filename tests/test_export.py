@@ -176,7 +176,7 @@ def live_reference(run: Path) -> SampleOutputs:
 
 
 def test_zero3_full_finetune_consolidated_by_cli(tiny, processor, tmp_path, capsys):
-    from train.export_cli import main
+    from train.export.__main__ import main
 
     run = zero3_run(tiny["dense"], tmp_path / "run")
     out = tmp_path / "export"
@@ -215,7 +215,7 @@ def test_zero3_autoep_experts_consolidated(tiny, processor, tmp_path):
 
 
 def test_not_a_checkpoint_fails_naming_path_and_expectation(tmp_path, capsys):
-    from train.export_cli import main
+    from train.export.__main__ import main
 
     folder = tmp_path / "notes"
     folder.mkdir()

@@ -1,6 +1,7 @@
 """MathVista: the published testmini column layout loads (parquet and save_to_disk), rule-based
 extraction scores tricky predictions, float precision given as 1.0/2.0 works, and the optional
-LLM judge is called (only when the rules fail) against a local OpenAI-compatible server."""
+LLM judge, set in the eval config, is called (only when the rules fail) against a local
+OpenAI-compatible server; changing it rescores cached predictions without regenerating them."""
 
 from __future__ import annotations
 
@@ -13,18 +14,23 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from data.configio import load_config
 from data.media.dataset_images import open_ref
 from data.samples import DataError
+from eval.config import EvalConfig
+from eval.tasks import get_task
 from eval.tasks.mathvista import MATHVISTA_TASKS, MathVistaTask
 from eval.tasks.mathvista.judge import Judge
 
 TASK = MATHVISTA_TASKS[0]
 
 
-@pytest.fixture(autouse=True)
-def no_judge_from_the_environment(monkeypatch):
-    for var in ("MATHVISTA_JUDGE_BASE_URL", "MATHVISTA_JUDGE_MODEL", "MATHVISTA_JUDGE_API_KEY_ENV"):
-        monkeypatch.delenv(var, raising=False)
+def eval_config(data="x", judge: str | None = None) -> EvalConfig:
+    """An eval config with the MathVista task, and ``judge`` (YAML flow mapping) on it if given."""
+    judge_key = f", judge: {judge}" if judge else ""
+    entry = f"{{name: mathvista_testmini, data: {data}{judge_key}}}"
+    return load_config(EvalConfig, None, ["checkpoints=[{name: a, path: b}]", f"tasks=[{entry}]",
+                                          "progress=false"])
 
 
 def spec(data, **kw):
@@ -216,7 +222,6 @@ def test_judge_used_only_when_rules_fail(samples, monkeypatch):
         assert server.requests == []
         long = "The side opposite the right angle is the biggest, so x must be the third option."
         assert task.score(long, samples["1"]) == (1.0, True)
-        assert task.score(long, samples["1"]) == (1.0, True)  # cached: one request
         [(path, auth, body)] = server.requests
         assert path == "/v1/chat/completions" and auth == "Bearer secret"
         assert body["model"] == "judge-model" and "(C) 5" in body["messages"][0]["content"]
@@ -225,15 +230,66 @@ def test_judge_used_only_when_rules_fail(samples, monkeypatch):
         server.close()
 
 
-def test_judge_from_env_and_none_reply(samples, monkeypatch):
+def test_judge_from_the_config_and_none_reply(samples, monkeypatch):
     server = ChatServer("NONE")
     try:
-        monkeypatch.setenv("MATHVISTA_JUDGE_BASE_URL", server.url)
-        monkeypatch.setenv("MATHVISTA_JUDGE_MODEL", "m")
-        assert TASK.score("seven bars, I think", samples["2"]) == (0.0, False)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        spec = eval_config(judge=f"{{base_url: '{server.url}', model: m}}").tasks[0]
+        task = get_task(spec.name, spec)
+        assert task.score("seven bars, I think", samples["2"]) == (0.0, False)
         assert len(server.requests) == 1 and server.requests[0][1] is None  # no key, no header
     finally:
         server.close()
+
+
+class CannedGenerator:
+    """Stands in for the model: every sample gets the same reply, one that no rule can read."""
+
+    processor = SimpleNamespace(apply_chat_template=lambda *args, **kwargs: "assistant\n")
+    reply = "I cannot tell."
+
+    def __init__(self):
+        self.generated = 0
+
+    def prepare(self, sample, budget):
+        return sample
+
+    def generate(self, prepared):
+        self.generated += len(prepared)
+        return [self.reply] * len(prepared)
+
+
+def test_changing_the_judge_rescores_cached_predictions_without_generating(tmp_path):
+    from eval.runner import evaluate_task
+
+    data, out, generator = parquet_folder(tmp_path), tmp_path / "eval", CannedGenerator()
+    server = ChatServer("C")  # right for pid 1, unreadable for the others
+
+    def run(judge: str | None) -> dict:
+        cfg = eval_config(data, judge)
+        return evaluate_task(generator, cfg, cfg.checkpoints[0], cfg.tasks[0], out)
+
+    try:
+        row = run(judge=None)
+        assert (row["generated"], row["rescored"], row["unparsed"]) == (5, 0, 5)
+        assert server.requests == []
+        with_judge = f"{{base_url: '{server.url}', model: m}}"
+        row = run(with_judge)
+        assert (row["generated"], row["rescored"], row["unparsed"], row["score"]) == (0, 5, 4, 0.2)
+        assert len(server.requests) == 5  # each cached prediction judged once
+        row = run(with_judge)  # the rescored records were kept: nothing to judge again
+        assert (row["rescored"], row["score"], len(server.requests)) == (0, 0.2, 5)
+        row = run(f"{{base_url: '{server.url}', model: other}}")
+        assert (row["rescored"], len(server.requests)) == (5, 10)
+        row = run(judge=None)
+        assert (row["rescored"], row["score"], len(server.requests)) == (5, 0.0, 10)
+    finally:
+        server.close()
+    assert generator.generated == 5
+    path = out / "predictions/a/mathvista_testmini.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 5 * 4  # written once, then appended by each of the three rescorings
+    assert all({"score", "parsed", "scorer"} <= set(r) for r in records)
 
 
 def test_judge_unreachable_names_the_endpoint(samples):
@@ -243,10 +299,8 @@ def test_judge_unreachable_names_the_endpoint(samples):
 
 
 def test_judge_set_in_the_eval_yaml(tmp_path):
-    from data.configio import ConfigError, load_config
-    from eval.config import EvalConfig
+    from data.configio import ConfigError
     from eval.runner import run_key
-    from eval.tasks import get_task
 
     def config(task_entry: str) -> EvalConfig:
         return load_config(EvalConfig, None, ["checkpoints=[{name: a, path: b}]", f"tasks=[{task_entry}]"])

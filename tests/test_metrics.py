@@ -21,6 +21,31 @@ def test_anls_threshold_and_best_gold():
     assert anls("memo", ["invoice", "memo"]) == 1.0
 
 
+@pytest.mark.parametrize("prediction, gold, distance", [
+    ("kitten", "sitting", 3),      # k->s, e->i, +g
+    ("flaw", "lawn", 2),           # -f, +n
+    ("abc", "", 3),
+    ("", "abc", 3),
+    ("café", "cafe", 1),           # one code point, whatever its UTF-8 length
+    ("東京都", "京都", 1),
+    ("東京", "京都", 2),
+    ("👍 ok", "👎 ok", 1),
+    ("ab", "ba", 2),               # a transposition is two edits (Levenshtein, not Damerau)
+])
+def test_anls_is_one_minus_edit_distance_over_the_longer_length(prediction, gold, distance):
+    expected = 1 - distance / max(len(prediction), len(gold))
+    assert anls(prediction, [gold], threshold=0.0) == pytest.approx(expected)
+
+
+def test_anls_hand_computed_values():
+    assert anls("kitten", ["sitting"]) == pytest.approx(4 / 7)
+    assert anls("  Kitten ", ["SITTING"]) == pytest.approx(4 / 7)  # case and outer space dropped
+    assert anls("", [""]) == 1.0  # nothing asked, nothing said
+    assert anls("", ["abc"]) == 0.0
+    assert anls("Café", ["cafe"]) == pytest.approx(3 / 4)
+    assert anls("ab", ["ba"]) == 0.0  # similarity 0 is below the threshold
+
+
 def test_parse_boxes_formats():
     assert parse_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "a"}]') == [[1, 2, 3, 4]]
     assert parse_boxes('```json\n[\n\t{"bbox_2d": [10, 20, 30, 40]}\n]\n```') == [[10, 20, 30, 40]]

@@ -13,6 +13,8 @@ from data.sources import load_llava_json
 from train.config import LoraConfig
 from train.lora import apply_lora
 from train.modeling import load_model
+from train.qwen3_vl.names import VISUAL, vision_module_names
+from train.qwen3_vl.shapes import qwen3_vl_8b_config
 
 
 @pytest.mark.parametrize("kind,cls", [("dense", "Qwen3VLForConditionalGeneration"),
@@ -45,6 +47,31 @@ def test_moe_experts_stored_in_hub_layout_and_reload_exactly(tiny, tmp_path):
     loaded = load_model(str(path)).state_dict()
     for name, value in reference.state_dict().items():
         assert torch.equal(loaded[name], value), name
+
+
+def _vision_modules_of(model) -> list[str]:
+    """The modules LoRA could adapt (Linear, Conv3d, Embedding) in the vision tower and mergers."""
+    adaptable = (torch.nn.Linear, torch.nn.Conv3d, torch.nn.Embedding)
+    return sorted(n for n, m in model.named_modules()
+                  if n.startswith(VISUAL + ".") and isinstance(m, adaptable))
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_vision_module_names_from_the_config_are_the_models(tiny, kind):
+    model = load_model(str(tiny[kind]))
+    assert sorted(vision_module_names(model.config)) == _vision_modules_of(model)
+
+
+def test_vision_module_names_of_the_published_8b_shape():
+    import transformers
+
+    config = qwen3_vl_8b_config()
+    with torch.device("meta"):  # nothing allocated
+        model = transformers.Qwen3VLForConditionalGeneration(config)
+    names = vision_module_names(config)
+    assert sorted(names) == _vision_modules_of(model)
+    # patch embedding + position table, 27 blocks x 4 linears, merger + 3 deepstack mergers x 2
+    assert len(names) == len(set(names)) == 2 + 27 * 4 + 4 * 2
 
 
 @pytest.mark.parametrize("kind", ["dense", "moe"])

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from train.config import LoggingConfig
-from train.flops import StepFlops, mfu, param_counts, peak_bf16_flops, peak_flops, sequence_lengths
-from train.model_shapes import qwen3_vl_8b_config, qwen3_vl_30b_a3b_config
 from train.progress import ProgressLog
+from train.qwen3_vl.flops import (StepFlops, mfu, param_counts, peak_bf16_flops, peak_flops,
+                                  sequence_lengths)
+from train.qwen3_vl.shapes import qwen3_vl_8b_config, qwen3_vl_30b_a3b_config
 
 
 def real_counts(model) -> dict[str, int]:

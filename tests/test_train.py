@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs/demo/train_lora.yaml"
+from tests.helpers import launch
+from tests.helpers.launch import TRAIN_CONFIG
 
 
-def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, config=CONFIG,
-              env: dict | None = None):
-    """``corpus=None``: the data section comes from ``config`` alone (e.g. a mixture)."""
-    data = [f"data.train={corpus['train']}"] if corpus is not None else []
-    args = [f"model.path={tiny['dense']}", *data, f"train.output_dir={out}", "train.batch_size=4", "train.warmup_steps=1",
-            "train.log_every=1", "train.progress=false", "lora.r=4", "lora.alpha=8", *overrides]
-    launcher = [sys.executable, "-m", "train"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(29500 + os.getpid() % 1000), "-m", "train"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **(env or {}))
-    proc = subprocess.run(launcher + [str(config)] + args, capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, config=TRAIN_CONFIG,
+              faults: tuple = ()):
+    """The demo config on the tiny dense model, batch 4; ``corpus=None``: the data section
+    comes from ``config`` alone (e.g. a mixture)."""
+    return launch.run_train(tiny["dense"], out, "train.batch_size=4", *overrides,
+                            data=corpus["train"] if corpus is not None else None, nproc=nproc,
+                            config=config, faults=faults, check=check)
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -113,7 +102,7 @@ def test_packed_mixture_trains_and_resumes_with_identical_losses(tiny, corpus, t
     and a resume from step 2 sees the same rows (losses equal an uninterrupted run)."""
     import yaml
 
-    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg = yaml.safe_load(TRAIN_CONFIG.read_text())
     cfg["data"] = {"sources": [{"path": str(corpus["train"]), "weight": 1.0},
                                {"path": str(corpus["eval"]), "weight": 2.0, "name": "extra",
                                 "vision": {"max_pixels": 96 * 96}}],
@@ -139,7 +128,7 @@ def test_packed_mixture_trains_and_resumes_with_identical_losses(tiny, corpus, t
 
 def test_nan_loss_step_is_skipped_or_stops_the_run(tiny, corpus, tmp_path):
     skip = tmp_path / "skip"
-    proc = run_train(tiny, corpus, skip, "train.max_steps=3", env={"QWEN3VL_INJECT_NAN_STEPS": "2"})
+    proc = run_train(tiny, corpus, skip, "train.max_steps=3", faults=("--nan-steps", "2"))
     assert "step 2: non-finite loss; step skipped" in proc.stdout
     rows = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
     assert [r["nan_steps_skipped"] for r in rows] == [0, 1, 1]
@@ -147,7 +136,7 @@ def test_nan_loss_step_is_skipped_or_stops_the_run(tiny, corpus, tmp_path):
     assert rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]  # the skipped step left the schedule
     assert (skip / "final/adapter_model.safetensors").is_file()
     stop = run_train(tiny, corpus, tmp_path / "stop", "train.max_steps=3", "train.on_nan=stop",
-                     env={"QWEN3VL_INJECT_NAN_STEPS": "2"}, check=False)
+                     faults=("--nan-steps", "2"), check=False)
     assert stop.returncode != 0
     assert "step 2: non-finite loss; stopping (train.on_nan=stop)" in stop.stderr
 

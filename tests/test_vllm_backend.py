@@ -18,6 +18,7 @@ from eval.checkpoints import ResolvedCheckpoint, resolve_checkpoint
 from eval.config import CheckpointSpec, EvalConfig, GenerationConfig, TaskSpec
 from eval.vllm_backend import (VLLMGenerator, check_lora_adapter, engine_kwargs, sampling_params_kwargs,
                                vllm_available, vllm_prompt)
+from train.qwen3_vl.shapes import qwen3_vl_8b_config
 
 VLLM_ON_GPU = vllm_available() and torch.cuda.is_available()
 
@@ -65,10 +66,11 @@ def test_engine_kwargs_user_keys_win():
                       "limit_mm_per_prompt": {"image": 2, "video": 0}}
 
 
-def test_engine_kwargs_lora_enables_adapters_at_a_rank_vllm_accepts(tmp_path):
+def test_engine_kwargs_lora_enables_adapters_at_a_rank_vllm_accepts(tiny, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(
         {"r": 4, "target_modules": ["q_proj", "v_proj"]}))
-    resolved = ResolvedCheckpoint(model="/m", adapter=str(tmp_path), processor="/m", kind="lora",
+    base = str(tiny["dense"])  # the adapter is checked against its base model's config
+    resolved = ResolvedCheckpoint(model=base, adapter=str(tmp_path), processor=base, kind="lora",
                                   arch="dense")
     kwargs = engine_kwargs(resolved, _cfg())
     assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == (True, 1, 8)
@@ -90,9 +92,17 @@ def _saved_adapter(tiny, kind: str, out: Path, **lora) -> Path:
     return out
 
 
+def _base_config(tiny, kind: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(tiny[kind])
+
+
 def test_the_repos_default_language_only_adapter_passes(tiny, tmp_path):
-    assert check_lora_adapter(_saved_adapter(tiny, "dense", tmp_path / "a", r=16)) == 16
-    assert check_lora_adapter(_saved_adapter(tiny, "moe", tmp_path / "b", r=8, targets=["llm_attn"])) == 8
+    dense = _saved_adapter(tiny, "dense", tmp_path / "a", r=16)
+    moe = _saved_adapter(tiny, "moe", tmp_path / "b", r=8, targets=["llm_attn"])
+    assert check_lora_adapter(dense, _base_config(tiny, "dense")) == 16
+    assert check_lora_adapter(moe, _base_config(tiny, "moe")) == 8
 
 
 @pytest.mark.parametrize("lora, what", [
@@ -105,7 +115,7 @@ def test_adapters_reaching_beyond_the_language_model_are_refused(tiny, tmp_path,
     kind = "moe" if "experts" in lora["targets"] else "dense"
     adapter = _saved_adapter(tiny, kind, tmp_path / "a", **lora)
     with pytest.raises(ValueError, match=what) as e:
-        check_lora_adapter(adapter)
+        check_lora_adapter(adapter, _base_config(tiny, kind))
     assert str(adapter / "adapter_config.json") in str(e.value)
     assert "python -m train.export" in str(e.value) and "backend: hf" in str(e.value)
 
@@ -118,6 +128,9 @@ def test_adapters_reaching_beyond_the_language_model_are_refused(tiny, tmp_path,
     ({"target_modules": r".*\.proj"}, False),  # matches model.visual.blocks.N.attn.proj
     ({"target_modules": "all-linear"}, False),
     ({"target_modules": ["model.visual.blocks.0.attn.qkv"]}, False),
+    ({"target_modules": ["blocks.26.attn.qkv"]}, False),  # the published 8B's last block
+    ({"target_modules": r".*blocks\.2[0-6]\.mlp\.linear_fc2"}, False),
+    ({"target_modules": ["pos_embed"]}, False),  # the vision position table
     ({"target_modules": ["mlp.experts.0.gate_proj"]}, False),  # named experts
     ({"target_modules": ["q_proj"], "target_parameters": ["mlp.experts.down_proj"]}, False),
     ({"target_modules": ["q_proj"], "use_dora": True}, False),
@@ -125,11 +138,12 @@ def test_adapters_reaching_beyond_the_language_model_are_refused(tiny, tmp_path,
 ])
 def test_adapter_configs(tmp_path, config, ok):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, **config}))
+    base = qwen3_vl_8b_config()  # 27 vision blocks, 3 deepstack mergers
     if ok:
-        assert check_lora_adapter(tmp_path) == 16
+        assert check_lora_adapter(tmp_path, base) == 16
     else:
         with pytest.raises(ValueError, match="adapter_config.json: vLLM serves LoRA only"):
-            check_lora_adapter(tmp_path)
+            check_lora_adapter(tmp_path, base)
 
 
 # --- prompts ---------------------------------------------------------------------------------

@@ -1,34 +1,27 @@
 """Resumable checkpoints, written atomically, with retention (keep last N, optionally the best).
 
-``output_dir/checkpoint-{step}/`` holds:
-- ``model/``: the peft adapter, or the full model (not under ZeRO-3 full fine-tuning, whose
-  weights live only in the DeepSpeed shards; ``python -m train.export`` consolidates them);
-- the optimizer and schedule: ``optimizer.pt`` (plain PyTorch) or ``deepspeed/`` (DeepSpeed's
-  sharded model + optimizer + schedule state, one file set per rank);
-- ``trainer_state.pt`` (step, loss since the previous save), ``rng_rank{r}.pt`` for every rank
-  (python, numpy, torch, cuda), ``train_config.json`` (the run config, for export).
-A checkpoint is assembled in a hidden ``.tmp-`` folder and renamed into place only once every
-rank has written its part, so a kill at any moment leaves the previous checkpoint usable.
+What a checkpoint holds and where is ``train.layout``'s: ``model/`` (the adapter or full model,
+written by the engine, which gathers ZeRO-3 shards), the optimizer and schedule
+(``optimizer.pt`` or DeepSpeed's ``deepspeed/``), ``trainer_state.pt`` (step, loss since the
+previous save), ``rng_rank{r}.pt`` for every rank (python, numpy, torch, cuda) and
+``train_config.json``. A checkpoint is assembled in a hidden ``.tmp-`` folder and renamed into
+place only once every rank has written its part, so a kill at any moment leaves the previous
+checkpoint usable.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from train import layout
 from train.distributed import DistInfo, barrier
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def unwrap(model):
-    return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model
+from train.engine import unwrap
 
 
 def rng_state() -> dict:
@@ -46,56 +39,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    found = []
-    for p in Path(output_dir).glob("checkpoint-*"):
-        m = CHECKPOINT_RE.match(p.name)
-        if m and (p / "trainer_state.pt").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def save_weights(engine, folder: Path, dist: DistInfo) -> bool:
-    """``save_pretrained`` of the adapter (gathered from ZeRO-3 shards when needed) or the full
-    model into ``folder``; False when there is nothing to write there (ZeRO-3 full weights stay
-    in the DeepSpeed shards)."""
-    module = unwrap(engine.module)
-    is_peft = hasattr(module, "peft_config")
-    if not engine.zero3:
-        if dist.is_main:
-            module.save_pretrained(str(folder))
-        return True
-    if not is_peft:
-        return False
-    import deepspeed
-
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
-        if dist.is_main:
-            # peft picks the adapter's entries; the frozen base weights here are empty shards.
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-            module.save_pretrained(str(folder), state_dict=state)
-    return True
-
-
 def save_checkpoint(output_dir: Path, step: int, engine, dist: DistInfo, keep_last: int,
                     keep_best: bool = False, loss: float | None = None,
                     run_config: dict | None = None) -> Path:
-    output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".tmp-checkpoint-{step}"
+    final = layout.checkpoint_dir(output_dir, step)
+    tmp = layout.partial_checkpoint_dir(output_dir, step)
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
-    save_weights(engine, tmp / "model", dist)
+    torch.save(rng_state(), layout.rng_file(tmp, dist.rank))
+    engine.save_weights(tmp / layout.MODEL)
     engine.save(tmp)
     if dist.is_main:
-        torch.save({"step": step, "loss": loss}, tmp / "trainer_state.pt")
+        torch.save({"step": step, "loss": loss}, tmp / layout.TRAINER_STATE)
         if run_config is not None:
-            (tmp / "train_config.json").write_text(json.dumps(run_config, indent=2))
+            (tmp / layout.TRAIN_CONFIG).write_text(json.dumps(run_config, indent=2))
     barrier()
     if dist.is_main:
         if final.exists():
@@ -110,10 +69,11 @@ def save_checkpoint(output_dir: Path, step: int, engine, dist: DistInfo, keep_la
 def stale_checkpoints(output_dir: Path, keep_last: int, keep_best: bool) -> list[Path]:
     """Checkpoints retention removes: all but the last ``keep_last`` and, with ``keep_best``,
     the one with the lowest train loss."""
-    found = list_checkpoints(output_dir)
+    found = layout.list_checkpoints(output_dir)
     keep = set(found[-keep_last:])
     if keep_best:
-        scored = [(torch.load(p / "trainer_state.pt", weights_only=False).get("loss"), p) for p in found]
+        scored = [(torch.load(p / layout.TRAINER_STATE, weights_only=False).get("loss"), p)
+                  for p in found]
         scored = [(loss, p) for loss, p in scored if loss is not None]
         if scored:
             keep.add(min(scored, key=lambda x: x[0])[1])
@@ -124,10 +84,10 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        found = list_checkpoints(output_dir)
+        found = layout.list_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / "trainer_state.pt").is_file():
+    if not (path / layout.TRAINER_STATE).is_file():
         raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint "
                                 f"(no trainer_state.pt); use 'auto' or a checkpoint-N folder")
     return path
@@ -155,9 +115,9 @@ def _load_weights(module, model_dir: Path) -> None:
 def load_checkpoint(path: Path, engine, dist: DistInfo) -> dict:
     """Restore weights, optimizer, schedule and this rank's RNG; returns the trainer state."""
     if not engine.restores_weights:
-        _load_weights(unwrap(engine.module), path / "model")
+        _load_weights(unwrap(engine.module), path / layout.MODEL)
     engine.load(path)
-    rng_file = path / f"rng_rank{dist.rank}.pt"
+    rng_file = layout.rng_file(path, dist.rank)
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return torch.load(path / "trainer_state.pt", weights_only=False)
+    return torch.load(path / layout.TRAINER_STATE, weights_only=False)

@@ -14,38 +14,36 @@ import torch
 from data.encode import collate
 from data.mixture import Mixture
 from data.packing import collate_packed, pack_rows
-from data.samples import BadSample, DataError
+from data.samples import DataError
 
 MAX_SUBSTITUTIONS = 16
 LENGTH_GROUP_BATCHES = 64  # group_by_length sorts windows of this many batches
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Encodes a sample on access, with its source's encoder (each source has its own budget).
+    """Encodes a sample on access (``corpus.encode``: each source has its own budget; a prepared
+    corpus reads the encoded sample back).
 
     Under ``skip``, a sample that fails to encode (unreadable image, too long, ...) is replaced
     by the next one - for packed rows, by the next one no longer than the planned length, so
     the row still fits - and reported with the batch."""
 
     def __init__(self, corpus, on_bad_sample: str = "error", lengths: list[int] | None = None):
-        self.corpus, self.samples = corpus, corpus.samples
-        self.policy, self.lengths = on_bad_sample, lengths
+        self.corpus, self.policy, self.lengths = corpus, on_bad_sample, lengths
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.corpus)
 
     def __getitem__(self, index: int) -> dict:
         skipped = []
         for attempt in range(MAX_SUBSTITUTIONS * 8):
-            candidate = (index + attempt) % len(self.samples)
+            candidate = (index + attempt) % len(self.corpus)
             if attempt and self.lengths is not None and self.lengths[candidate] > self.lengths[index]:
                 continue
-            sample = self.samples[candidate]
             try:
-                example = self.corpus.encoder_for(candidate).encode(sample)
+                example = self.corpus.encode(candidate)
             except (OSError, ValueError) as e:
-                record = BadSample(sample.source, sample.index, sample.id, f"{type(e).__name__}: {e}",
-                                   self.corpus.source_of(candidate).name)
+                record = self.corpus.bad_record(candidate, f"{type(e).__name__}: {e}")
                 if self.policy == "error":
                     raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip.") from e
                 skipped.append(record)
@@ -53,7 +51,7 @@ class EncodedDataset(torch.utils.data.Dataset):
                     break
                 continue
             example["skipped"] = skipped
-            example["sample_id"] = sample.id
+            example["sample_id"] = self.corpus.sample_id(candidate)
             return example
         raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
                         f"{skipped[-1] if skipped else 'no replacement fits the packed row'}")

@@ -1,16 +1,19 @@
-"""Debug-size Qwen3-VL configs (dense and MoE) built from transformers' own classes.
+"""Debug-size Qwen3-VL configs (dense and MoE) built from transformers' own classes, and the
+tiny checkpoints made from them.
 
-These stand in for the published checkpoints in tests and the demo. They keep every structural
-feature of the real models (MRoPE with interleaved sections, deepstack visual layers, patch 16 /
-merge 2 / temporal patch 2 vision tower, fused MoE experts) at a size that trains on a CPU.
+These stand in for the published checkpoints (``train.qwen3_vl.shapes``) in tests and the
+demo. They keep every structural feature of the real models (MRoPE with interleaved sections,
+deepstack visual layers, patch 16 / merge 2 / temporal patch 2 vision tower, fused MoE experts)
+at a size that trains on a CPU.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from train.qwen3_vl.state_dict import write_experts_in_hub_layout
 
 TEXT = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -73,25 +76,3 @@ def build_tiny_checkpoint(out_dir: str | Path, kind: str, seed: int = 0, process
     if kind == "moe":
         write_experts_in_hub_layout(out_dir)
     return out_dir
-
-
-def write_experts_in_hub_layout(ckpt: Path) -> None:
-    """Rewrite fused experts as the published checkpoints store them: gate_up (E, H, 2I) and
-    down (E, I, H). transformers' save_pretrained writes its in-memory layout (E, 2I, H) /
-    (E, H, I); from_pretrained reads both, but only the hub layout loads under ZeRO-3 or
-    expert-parallel sharding (shared/STACK-NOTES.md, pitfall 3).
-    """
-    from safetensors.torch import load_file, save_file
-
-    text = json.loads((ckpt / "config.json").read_text())["text_config"]
-    hidden, inter = text["hidden_size"], text["moe_intermediate_size"]
-    internal = {"mlp.experts.gate_up_proj": (2 * inter, hidden), "mlp.experts.down_proj": (hidden, inter)}
-    for shard in sorted(ckpt.glob("*.safetensors")):
-        tensors = load_file(str(shard))
-        changed = False
-        for name, t in tensors.items():
-            for suffix, shape in internal.items():
-                if name.endswith(suffix) and tuple(t.shape[1:]) == shape:
-                    tensors[name], changed = t.transpose(1, 2).contiguous(), True
-        if changed:
-            save_file(tensors, str(shard), metadata={"format": "pt"})

@@ -1,40 +1,36 @@
 """How a step updates the model: plain PyTorch (one process or DDP) or DeepSpeed (ZeRO-2/3,
-CPU offload, AutoEP expert parallelism). Parallelism is applied here and nowhere else.
+CPU offload, AutoEP expert parallelism). Parallelism is applied here and nowhere else:
+``build_engine`` sets up DeepSpeed before the model loads (ZeRO-3 partitions weights as
+``from_pretrained`` reads them), wraps the model, keeps ranks in lockstep on mixed-modality data
+(``VisionKeepAlive``), and gathers ZeRO-3 shards when weights are saved.
 
 Both engines give the training loop the same surface: ``forward(batch)``, ``backward(loss)``,
 ``micro_step(last)`` (gradient-accumulation boundaries), ``finish_step(skip)`` -> (grad norm,
-applied), ``lrs()``, and ``save(dir)`` / ``load(dir)`` of the full training state. The loss the
-loop passes to ``backward`` is already the mean over every label token of the global batch, so
-neither engine rescales it for accumulation (DDP and ZeRO average gradients over ranks; the loop
-multiplies that back by dividing ``num_items_in_batch`` by the world size).
+applied), ``lrs()``, ``save(dir)`` / ``load(dir)`` of the full training state, and
+``save_weights(dir)``. The loss the loop passes to ``backward`` is already the mean over every
+label token of the global batch, so neither engine rescales it for accumulation (DDP and ZeRO
+average gradients over ranks; the loop multiplies that back by dividing ``num_items_in_batch``
+by the world size).
+
+The schedule is transformers' ``get_scheduler`` (linear warm-up, then cosine / linear /
+constant), gated so that it does not move on a skipped step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from train.distributed import DistInfo
+from train.layout import DEEPSPEED, OPTIMIZER
 
-DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
-
-
-def lr_lambda(cfg):
-    """Learning-rate factor per optimizer step: linear warm-up, then cosine / linear / constant."""
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if cfg.lr_schedule == "linear":
-            return 1.0 - progress
-        return 1.0
-    return factor
+# The shipped DeepSpeed configs (package data, so a non-editable install has them too).
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parent / "deepspeed_configs"
+# train.lr_schedule -> transformers.get_scheduler's name (all warm up linearly first).
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 class SkippingAdamW(torch.optim.AdamW):
@@ -58,36 +54,75 @@ class SkippingAdamW(torch.optim.AdamW):
         return None if self.last_skipped else super().step(closure)
 
 
-class GatedLambdaLR(torch.optim.lr_scheduler.LambdaLR):
-    """The schedule stays where it is when the optimizer skipped its step."""
+class GatedScheduler:
+    """transformers' schedule, held where it is when the optimizer skipped its step. It offers
+    what DeepSpeed and the loop call: ``step``, ``get_last_lr``, ``state_dict``,
+    ``load_state_dict``."""
 
-    def __init__(self, optimizer, lr_fn, gate: SkippingAdamW | None):
+    def __init__(self, optimizer, cfg, gate: SkippingAdamW | None):
+        from transformers import get_scheduler
+
         self.gate = gate
-        super().__init__(optimizer, lr_fn)
+        self.inner = get_scheduler(SCHEDULES[cfg.lr_schedule], optimizer,
+                                   num_warmup_steps=cfg.warmup_steps,
+                                   num_training_steps=cfg.max_steps)
 
-    def step(self, *args, **kwargs):
+    def step(self, *args, **kwargs) -> None:
         if self.gate is not None and self.gate.last_skipped:
             return
-        super().step(*args, **kwargs)
+        self.inner.step(*args, **kwargs)
+
+    def get_last_lr(self) -> list[float]:
+        return self.inner.get_last_lr()
 
     def state_dict(self) -> dict:
-        return {k: v for k, v in super().state_dict().items() if k != "gate"}  # not the optimizer
+        return self.inner.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        gate = self.gate
-        super().load_state_dict(state_dict)
-        self.gate = gate
+        self.inner.load_state_dict(state_dict)
 
 
-def build_scheduler(optimizer, cfg, gate: SkippingAdamW | None = None):
-    return GatedLambdaLR(optimizer, lr_lambda(cfg), gate)
+def build_scheduler(optimizer, cfg, gate: SkippingAdamW | None = None) -> GatedScheduler:
+    return GatedScheduler(optimizer, cfg, gate)
 
 
 def build_optimizer(param_groups, cfg) -> SkippingAdamW:
     return SkippingAdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class TorchEngine:
+class Engine:
+    """What both engines share: the model as the loop sees it (``module``), the wrapped model
+    (``model``), the per-group learning rates, and the weights written by ``save_weights``."""
+
+    module: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    dist: DistInfo
+    keepalive: "VisionKeepAlive | None" = None
+    zero3 = False
+
+    def forward(self, batch: dict):
+        if self.keepalive is not None:
+            self.keepalive.arm(batch)
+        return self.model(**batch, use_cache=False)
+
+    def lrs(self) -> dict[str, float]:
+        return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+
+    def save_weights(self, folder: Path) -> bool:
+        """``save_pretrained`` of the adapter or the full model into ``folder`` (rank 0 writes);
+        False when there is nothing to write there (ZeRO-3 full weights stay in the shards)."""
+        if self.dist.is_main:
+            unwrap(self.module).save_pretrained(str(folder))
+        return True
+
+
+def unwrap(model):
+    """The transformers (or peft) model inside a DDP / DeepSpeed wrapper."""
+    return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model
+
+
+class TorchEngine(Engine):
     """One process, or DDP over several. A step with a non-finite loss or gradient is skipped
     whole: gradients are dropped and neither the optimizer nor the schedule moves."""
 
@@ -113,9 +148,6 @@ class TorchEngine:
             return contextlib.nullcontext()
         return self.model.no_sync()  # gradients are all-reduced once, on the last micro-batch
 
-    def forward(self, batch: dict):
-        return self.model(**batch, use_cache=False)
-
     def backward(self, loss) -> None:
         loss.backward()
 
@@ -130,22 +162,15 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, not self.optimizer.last_skipped
 
-    def lrs(self) -> dict[str, float]:
-        return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-
     def save(self, folder: Path) -> None:
         if self.dist.is_main:
             torch.save({"optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict()}, folder / "optimizer.pt")
+                        "scheduler": self.scheduler.state_dict()}, folder / OPTIMIZER)
 
     def load(self, folder: Path) -> None:
-        state = torch.load(folder / "optimizer.pt", weights_only=False)
+        state = torch.load(folder / OPTIMIZER, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-
-    @property
-    def zero3(self) -> bool:
-        return False
 
 
 def deepspeed_config(cfg, dist: DistInfo, model_config) -> dict:
@@ -205,7 +230,7 @@ def deepspeed_config(cfg, dist: DistInfo, model_config) -> dict:
     return ds
 
 
-class DeepSpeedEngine:
+class DeepSpeedEngine(Engine):
     """ZeRO-2/3 (optionally offloaded, optionally with AutoEP experts) through ``deepspeed.initialize``.
 
     ZeRO wants a backward in every micro-step, so a non-finite micro-batch still runs backward;
@@ -248,11 +273,17 @@ class DeepSpeedEngine:
     def zero3(self) -> bool:
         return self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3
 
+    def log_experts(self) -> None:
+        """Under expert parallelism: how many experts each MoE layer holds on this rank."""
+        from train.expert_parallel import local_expert_count
+
+        local = local_expert_count(self.module)
+        print(f"[ep] rank {self.dist.rank} holds {sorted(set(local.values()))} of "
+              f"{self.module.config.text_config.num_experts} experts in each of {len(local)} MoE "
+              f"layers", flush=True)
+
     def micro_step(self, last: bool):
         return contextlib.nullcontext()  # DeepSpeed counts micro-steps itself
-
-    def forward(self, batch: dict):
-        return self.model(**batch, use_cache=False)
 
     def backward(self, loss) -> None:
         self.model.backward(loss, scale_wrt_gas=False)
@@ -269,17 +300,33 @@ class DeepSpeedEngine:
         applied = self.model.was_step_applied() and not (self.gate is not None and self.gate.last_skipped)
         return norm, applied
 
-    def lrs(self) -> dict[str, float]:
-        return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-
     def save(self, folder: Path) -> None:
-        self.model.save_checkpoint(str(folder / "deepspeed"), tag="state")
+        self.model.save_checkpoint(str(folder / DEEPSPEED), tag="state")
 
     def load(self, folder: Path) -> None:
-        path, _ = self.model.load_checkpoint(str(folder / "deepspeed"), tag="state",
+        path, _ = self.model.load_checkpoint(str(folder / DEEPSPEED), tag="state",
                                              load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
-            raise FileNotFoundError(f"{folder / 'deepspeed'}: no DeepSpeed state to resume from")
+            raise FileNotFoundError(f"{folder / DEEPSPEED}: no DeepSpeed state to resume from")
+
+    def save_weights(self, folder: Path) -> bool:
+        """Under ZeRO-3 every rank holds a shard: an adapter is gathered (collectively) and
+        rank 0 writes it; full weights stay in the shards (False: ``python -m train.export``
+        consolidates them)."""
+        if not self.zero3:
+            return super().save_weights(folder)
+        module = unwrap(self.module)
+        if not hasattr(module, "peft_config"):
+            return False
+        import deepspeed
+
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+            if self.dist.is_main:
+                # peft picks the adapter's entries; the frozen base weights here are empty shards.
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                module.save_pretrained(str(folder), state_dict=state)
+        return True
 
 
 class VisionKeepAlive:
@@ -314,3 +361,43 @@ class VisionKeepAlive:
         features = self.model.get_image_features(blank, grid)
         tensors = list(features.pooler_output) + [t for f in features.deepstack_features for t in f]
         return output + 0.0 * sum(t.sum() for t in tensors).to(output.dtype)
+
+
+def build_engine(cfg, dist: DistInfo, build_model) -> Engine:
+    """The engine for this run. ``build_model()`` loads the model and puts adapters on it or
+    freezes parts; DeepSpeed is set up before it runs (under ZeRO-3, ``from_pretrained`` then
+    partitions the weights as it reads them), and the model is placed and wrapped after."""
+    from transformers import AutoConfig
+
+    from train.params import param_groups
+
+    if not cfg.distributed.deepspeed:
+        model = build_model().to(dist.device)
+        engine = TorchEngine(model, param_groups(model, cfg.train), cfg, dist)
+    else:
+        import deepspeed
+
+        model_config = AutoConfig.from_pretrained(cfg.model.path)
+        ds_config = deepspeed_config(cfg, dist, model_config)
+        # DeepSpeed's own communicator, on the process group init_distributed already made;
+        # its config reads the world size from it.
+        deepspeed.init_distributed(dist_backend="nccl" if dist.device.type == "cuda" else "gloo")
+        hf_ds = None
+        zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        if zero_stage == 3:
+            # Alive while the model loads: from_pretrained then partitions weights as it reads them.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            hf_ds = HfDeepSpeedConfig(ds_config)
+        model = build_model()
+        if cfg.distributed.expert_parallel > 1:
+            from train.expert_parallel import check_expert_parallel
+
+            check_expert_parallel(model, model_config, cfg.distributed.ep_preset,
+                                  cfg.distributed.expert_parallel, dist.world_size, zero_stage)
+        engine = DeepSpeedEngine(model, param_groups(model, cfg.train), cfg, dist, ds_config, hf_ds)
+        if cfg.distributed.expert_parallel > 1:
+            engine.log_experts()  # AutoEP has replaced the MoE blocks by now
+    if dist.world_size > 1:
+        engine.keepalive = VisionKeepAlive(engine.module)
+    return engine

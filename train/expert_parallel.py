@@ -4,33 +4,19 @@ AutoEP replaces each MoE block with a layer whose experts are split over an expe
 group (grouped-GEMM experts, all-to-all token dispatch) while ZeRO-3 shards everything else.
 DeepSpeed 0.19.8 ships presets for text MoE models (qwen3_moe, mixtral, ...) but none for
 Qwen3-VL-MoE, whose MoE blocks sit under ``model.language_model`` and whose config nests the
-routing keys in ``text_config``. A preset here is the module map AutoEP needs, written into the
-``expert_parallel`` section of the DeepSpeed config with DeepSpeed's own custom-pattern keys, so
-nothing inside DeepSpeed is patched. A user picks one by name (``distributed.ep_preset``).
+routing keys in ``text_config``. A preset is the module map AutoEP needs (Qwen3-VL's is
+``train.qwen3_vl.state_dict.AUTOEP_PRESET``), written into the ``expert_parallel`` section of
+the DeepSpeed config with DeepSpeed's own custom-pattern keys, so nothing inside DeepSpeed is
+patched. A user picks one by name (``distributed.ep_preset``).
 """
 
 from __future__ import annotations
 
 import re
 
-# peft wraps the model as base_model.model.<name>; AutoEP matches full module names.
-PEFT_PREFIX = r"(?:base_model\.model\.)?"
+from train.qwen3_vl.state_dict import AUTOEP_PRESET
 
-EP_PRESETS = {
-    "qwen3_vl_moe": {
-        "moe_layer_pattern": PEFT_PREFIX + r"model\.language_model\.layers\.\d+\.mlp",
-        "router_pattern": "gate",
-        "expert_pattern": "experts",
-        "num_experts_attr": "num_experts",
-        "expert_w1": "gate_up_proj",  # fused gate and up projections, (E, 2I, H) in memory
-        "expert_w2": "down_proj",
-        "expert_w3": None,
-        # Qwen3-VL-MoE routing: softmax over all experts, top-k, renormalised over the k.
-        "score_func": "softmax",
-        "route_norm": True,
-        "has_shared_experts": False,
-    },
-}
+EP_PRESETS = {"qwen3_vl_moe": AUTOEP_PRESET}
 
 
 def expert_parallel_section(preset: str, ep_size: int, model_config, use_grouped_mm: bool = True) -> dict:

@@ -1,9 +1,9 @@
 """LoRA target presets for Qwen3-VL, named in configs (``lora.targets``), and the peft wrap.
 
-Module names are those of transformers' Qwen3-VL classes (dense and MoE alike). A preset is a
-regular expression over full module names (or, for MoE experts, full parameter names), so
-presets combine with ``|`` and never reach parts of the model the user did not name (peft's
-"all-linear" would also wrap the vision tower).
+Module names are those of transformers' Qwen3-VL classes (dense and MoE alike), from
+``train.qwen3_vl.names``. A preset is a regular expression over full module names (or, for MoE
+experts, full parameter names), so presets combine with ``|`` and never reach parts of the model
+the user did not name (peft's "all-linear" would also wrap the vision tower).
 
 MoE experts are fused 3D parameters, not ``nn.Linear`` modules; the ``experts`` preset reaches
 them through peft's ``target_parameters`` (one low-rank pair per expert). peft supports neither
@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 
 from train.params import FREEZE_SWITCHES, frozen_parts, part_of
+from train.qwen3_vl.names import (ATTENTION_PROJECTION_RE, DENSE_MLP_PROJECTION_RE, FUSED_EXPERT_RE,
+                                  MERGER_LINEAR_RE, VISION_BLOCK_LINEAR_RE)
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,14 @@ class Preset:
     when_missing: str = ""  # what to use instead when the model has nothing it matches
 
 
-LLM = r"model\.language_model\.layers\.\d+"
-VISION = r"model\.visual"
 TARGET_PRESETS = {
-    "llm_attn": Preset(LLM + r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)", "llm"),
-    "llm_mlp": Preset(LLM + r"\.mlp\.(gate_proj|up_proj|down_proj)", "llm",
+    "llm_attn": Preset(ATTENTION_PROJECTION_RE, "llm"),
+    "llm_mlp": Preset(DENSE_MLP_PROJECTION_RE, "llm",
                       when_missing="a MoE model has no dense MLP; adapt its experts with 'experts'"),
-    "experts": Preset(LLM + r"\.mlp\.experts\.(gate_up_proj|down_proj)", "llm", on_parameters=True,
+    "experts": Preset(FUSED_EXPERT_RE, "llm", on_parameters=True,
                       when_missing="a dense model has no MoE experts; adapt its MLPs with 'llm_mlp'"),
-    "vision": Preset(VISION + r"\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)",
-                     "vision"),
-    "merger": Preset(VISION + r"\.(merger|deepstack_merger_list\.\d+)\.(linear_fc1|linear_fc2)",
-                     "merger"),
+    "vision": Preset(VISION_BLOCK_LINEAR_RE, "vision"),
+    "merger": Preset(MERGER_LINEAR_RE, "merger"),
 }
 
 

@@ -43,8 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from train.qwen3_vl.names import LANGUAGE_MODEL, MLP
+
 # The MoE block of a decoder layer, under any prefix (peft adds ``base_model.model.``).
-MOE_BLOCK = re.compile(r"(?P<text>(?:.*\.)?language_model)\.layers\.(?P<layer>\d+)\.mlp")
+MOE_BLOCK = re.compile(rf"(?P<text>(?:.*\.)?{re.escape(LANGUAGE_MODEL)})\.layers\.(?P<layer>\d+)\.{MLP}")
 
 
 # ----------------------------------------------------------------------------- formulas

@@ -20,16 +20,9 @@ only fights the model's scale and offset.
 
 from __future__ import annotations
 
-import re
+from train.qwen3_vl.names import PART_PATTERNS
 
 PARTS = ("vision", "merger", "llm")
-# Matched in this order against names stripped of wrapper prefixes; the merger sits inside
-# model.visual, so it is tested before the vision tower.
-PART_PATTERNS = (
-    ("merger", re.compile(r"model\.visual\.(merger|deepstack_merger_list)\.")),
-    ("vision", re.compile(r"model\.visual\.")),
-    ("llm", re.compile(r"(model\.language_model\.|lm_head\.)")),
-)
 # The TrainConfig switch that freezes each part.
 FREEZE_SWITCHES = {"vision": "freeze_vision", "merger": "freeze_merger", "llm": "freeze_llm"}
 # What DDP / DeepSpeed (module.) and peft (base_model.model.) put in front of the model's names.

@@ -28,14 +28,11 @@ def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
     rows = read_metrics(metrics_path)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no figure registry
 
     steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
-                                         gridspec_kw={"height_ratios": [2, 1]})
+    fig = Figure(figsize=(8, 6))
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     losses = [r["loss"] if r.get("loss") is not None else math.nan for r in rows]
     ax_loss.plot(steps, losses, marker="o" if len(rows) < 30 else None, lw=1.5, label="train loss")
     ax_loss.set_ylabel("loss")
@@ -54,7 +51,6 @@ def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
     fig.suptitle(Path(metrics_path).resolve().parent.name)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return Path(out_png)
 
 

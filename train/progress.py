@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from train.flops import mfu as utilisation
 from train.plots import plot_loss_curve
+from train.qwen3_vl.flops import mfu as utilisation
 from train.trackers import Trackers
 
 
@@ -33,8 +33,8 @@ def _finite(x):
 class ProgressLog:
     """``path``: the metrics.jsonl file; ``cfg``: the train section (log_every, max_steps,
     progress). Optional: ``logging`` (the logging section: trackers, loss plot), ``run_config``
-    (logged to the trackers), ``peak_flops`` (per device, ``train.flops.peak_flops``) and
-    ``world_size`` for MFU. Only the main process should pass ``enabled=True``."""
+    (logged to the trackers), ``peak_flops`` (per device, ``train.qwen3_vl.flops.peak_flops``)
+    and ``world_size`` for MFU. Only the main process should pass ``enabled=True``."""
 
     def __init__(self, path: Path, cfg, start_step: int, enabled: bool = True, *, logging=None,
                  run_config: dict | None = None, peak_flops: float | None = None, world_size: int = 1):

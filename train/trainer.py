@@ -1,17 +1,20 @@
-"""The training loop, top to bottom: set-up, data, model, engine, resume, steps, save.
+"""The training loop, top to bottom: ``set_up`` builds the run (data, model and engine, resume,
+batches, logging), ``train_step`` runs one optimizer step over its micro-batches, the loop
+checks, logs and saves, and ``save_final`` writes what eval loads.
 
 One code path for a single process, ``torchrun`` / ``deepspeed``-launched DDP, and DeepSpeed
 ZeRO-2/3 (with CPU offload and AutoEP expert parallelism): everything that differs between them
-sits behind the engine (train/engine.py).
+sits behind the engine (train/engine.py). ``hooks`` (train/hooks.py) let tests and benchmarks
+act on the run from outside (kill it, make a loss NaN); ``python -m train`` passes none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import random
-import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,126 +22,103 @@ import torch
 
 from data.configio import to_dict
 from data.corpus import load_corpus
-from data.samples import BadSampleFile, BadSampleLog
+from data.prepared import PreparedDataset
+from data.samples import BadSample, BadSampleFile, BadSampleLog, DataError
 from train import checkpoint as ckpt
+from train import layout
 from train.config import Config
 from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
 from train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from train.engine import DeepSpeedEngine, TorchEngine, VisionKeepAlive, deepspeed_config
-from train.flops import StepFlops, peak_flops
+from train.engine import build_engine, unwrap
+from train.qwen3_vl.flops import StepFlops, peak_flops
+from train.hooks import TrainHooks
 from train.lora import apply_lora
 from train.modeling import DTYPES, load_model, load_processor
 from train.moe import RouterLosses, load_summary
-from train.params import freeze_parts, param_groups
+from train.params import freeze_parts
 from train.progress import ProgressLog
 from train.trackers import check_trackers
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class Run:
+    """Everything the steps share, built once by ``set_up``."""
+
+    cfg: Config
+    dist: DistInfo
+    out: Path
+    run_config: dict
+    processor: object
+    engine: object
+    router: RouterLosses | None
+    batches: object  # iterator over this rank's collated micro-batches
+    log: ProgressLog
+    bad_file: BadSampleFile
+    step_flops: StepFlops
+    hooks: TrainHooks
+    start_step: int
 
 
-def real_tokens(batch: dict) -> int:
-    """Tokens that are not padding (a packed row has none)."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+@dataclass
+class StepResult:
+    """One optimizer step, this rank's share: sums over its micro-batches."""
+
+    loss: float = 0.0  # LM loss, already divided by the world size (0 if the step was bad)
+    tokens: int = 0
+    visual_tokens: int = 0
+    flops: float = 0.0
+    aux: float = 0.0
+    z: float = 0.0
+    non_finite: bool = False  # a micro-batch's loss was NaN/inf on some rank
+    grad_norm: float = 0.0
+    applied: bool = False
+    skipped: list[BadSample] = field(default_factory=list)
 
 
-def describe_batch(samples: list[dict]) -> str:
-    return ", ".join(f"{s['id']} ({s['tokens']} tokens, {s['visual_tokens']} visual)" for s in samples)
+def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
+    run = set_up(cfg, hooks or TrainHooks())
+    nan_in_a_row, loss_since_save = 0, []
+    for step in range(run.start_step + 1, cfg.train.max_steps + 1):
+        run.hooks.step_begin(step, run.dist.rank, run.dist.world_size)
+        t0 = time.perf_counter()
+        result = train_step(run, step)
+        report_skipped(run, step, result.skipped)
+        bad_step = result.non_finite or not np.isfinite(result.grad_norm)
+        nan_in_a_row = nan_in_a_row + 1 if bad_step else 0
+        if bad_step:
+            stop_or_skip(run, step, result, nan_in_a_row)
+        loss = log_step(run, step, result, bad_step, time.perf_counter() - t0)
+        if not bad_step:
+            loss_since_save.append(loss)
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
+            save_checkpoint(run, step, loss_since_save)
+            loss_since_save = []
+    last_checkpoint = save_checkpoint(run, cfg.train.max_steps, loss_since_save)
+    final = run.out / layout.FINAL
+    save_final(run, final, last_checkpoint)
+    barrier()
+    run.log.close()
+    return final
 
 
-def injected_faults() -> tuple[set[int], int | None]:
-    """Fault injection for tests and benchmarks, on the last rank: QWEN3VL_INJECT_NAN_STEPS="3,5"
-    makes the loss NaN at those (1-based) steps; QWEN3VL_KILL_AT_STEP=4 SIGKILLs the process as
-    step 4 begins (no cleanup, as the OOM killer or a preempted node would)."""
-    nan = {int(x) for x in os.environ.get("QWEN3VL_INJECT_NAN_STEPS", "").split(",") if x.strip()}
-    kill = os.environ.get("QWEN3VL_KILL_AT_STEP")
-    return nan, int(kill) if kill else None
+# --- Set-up ----------------------------------------------------------------------------------
 
-
-def build_model(cfg: Config, dist: DistInfo):
-    """Model (+ adapters), its trainable parameter groups, and the engine that trains it."""
-    from transformers import AutoConfig
-
-    model_config = AutoConfig.from_pretrained(cfg.model.path)
-    ds_config = deepspeed_config(cfg, dist, model_config) if cfg.distributed.deepspeed else None
-    zero_stage = (ds_config or {}).get("zero_optimization", {}).get("stage", 0)
-    hf_ds = None
-    if ds_config is not None:
-        import deepspeed
-
-        # DeepSpeed's own communicator, on the process group init_distributed already made;
-        # its config reads the world size from it.
-        deepspeed.init_distributed(dist_backend="nccl" if dist.device.type == "cuda" else "gloo")
-    if zero_stage == 3:
-        # Alive while the model loads: from_pretrained then partitions weights as it reads them.
-        from transformers.integrations import HfDeepSpeedConfig
-
-        hf_ds = HfDeepSpeedConfig(ds_config)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
-                       experts_implementation=cfg.model.experts_implementation)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora, cfg.train)  # adapters only on unfrozen parts
-    else:
-        freeze_parts(model, cfg.train)
-    if cfg.distributed.expert_parallel > 1:
-        from train.expert_parallel import check_expert_parallel
-
-        check_expert_parallel(model, model_config, cfg.distributed.ep_preset,
-                              cfg.distributed.expert_parallel, dist.world_size, zero_stage)
-    if ds_config is None:
-        model.to(dist.device)
-    groups = param_groups(model, cfg.train)
-    if ds_config is not None:
-        return DeepSpeedEngine(model, groups, cfg, dist, ds_config, hf_ds)
-    return TorchEngine(model, groups, cfg, dist)
-
-
-def train(cfg: Config) -> Path:
+def set_up(cfg: Config, hooks: TrainHooks) -> Run:
     dist = init_distributed()
     check_trackers(cfg.logging.report_to)  # a missing wandb fails now, not after data loading
     out = Path(cfg.train.output_dir)
     run_config = to_dict(cfg)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(run_config, indent=2))
+        (out / layout.RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
     seed_everything(cfg.train.seed)
 
-    # Data: read and check every record up front, so a bad file fails now, not at step 9000.
-    bad = BadSampleLog(cfg.data.on_bad_sample)
     processor = load_processor(cfg.model.path)
-    corpus = load_corpus(cfg.data, processor, bad, plan=cfg.data.plan_ahead, progress=dist.is_main)
-    samples = corpus.samples
-    bad_log = BadSampleFile(out / "bad_samples.jsonl", dist.rank)
-    if bad.records:
-        if dist.is_main:
-            bad_log.write(bad.records, stage="read")
-        bad.check_fraction(len(samples), cfg.data.max_bad_fraction)
-        if dist.is_main:
-            print(f"[data] skipping {bad.report(len(samples))}\n[data] all of them: "
-                  f"{bad_log.path}", flush=True)
-    if dist.is_main:
-        print(f"[data] {len(samples)} samples ({corpus.summary()})", flush=True)
-    dataset = EncodedDataset(corpus, cfg.data.on_bad_sample,
-                             corpus.lengths if cfg.data.packing else None)
-
-    engine = build_model(cfg, dist)
-    model = engine.module
-    # After deepspeed.initialize: AutoEP has replaced the MoE blocks the hooks attach to.
-    router = RouterLosses.attach(model, cfg.moe)
-    if cfg.distributed.expert_parallel > 1:
-        from train.expert_parallel import local_expert_count
-
-        local = local_expert_count(model)
-        print(f"[ep] rank {dist.rank} holds {sorted(set(local.values()))} of "
-              f"{model.config.text_config.num_experts} experts in each of {len(local)} MoE layers",
-              flush=True)
-    step_flops = StepFlops(model.config)
+    bad_file = BadSampleFile(out / "bad_samples.jsonl", dist.rank)
+    corpus = load_data(cfg, dist, processor, bad_file)
+    engine = build_engine(cfg, dist, lambda: build_model(cfg))
+    # After the engine: AutoEP has replaced the MoE blocks the router hooks attach to.
+    router = RouterLosses.attach(engine.module, cfg.moe)
 
     start_step = 0
     resume_from = ckpt.resolve_resume(out, cfg.train.resume)
@@ -152,129 +132,201 @@ def train(cfg: Config) -> Path:
                      cfg.data.group_by_length)
     sampler = StepBatchSampler(plan, cfg.train.grad_accum, dist.world_size, dist.rank,
                                cfg.train.max_steps, start_step)
-    merge = processor.image_processor.merge_size
-    collator = TrainCollator(processor.tokenizer.pad_token_id, cfg.data.packing, merge)
+    collator = TrainCollator(processor.tokenizer.pad_token_id, cfg.data.packing,
+                             processor.image_processor.merge_size)
+    dataset = EncodedDataset(corpus, cfg.data.on_bad_sample,
+                             corpus.lengths if cfg.data.packing else None)
     batches = iter(make_loader(dataset, sampler, collator, cfg.data.num_workers))
     log = ProgressLog(out / "metrics.jsonl", cfg.train, start_step, enabled=dist.is_main,
                       logging=cfg.logging, run_config=run_config, world_size=dist.world_size,
                       peak_flops=peak_flops(dist.device, DTYPES[cfg.model.dtype]))
-    keepalive = VisionKeepAlive(model) if dist.world_size > 1 else None
-    (nan_at, kill_at), nan_in_a_row, loss_since_save = injected_faults(), 0, []
-    last_rank = dist.rank == dist.world_size - 1
-
     engine.model.train()
-    for step in range(start_step, cfg.train.max_steps):
-        if step + 1 == kill_at and last_rank:
-            os.kill(os.getpid(), signal.SIGKILL)
-        t0 = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
-        # The loss is the mean over every label token of the global batch, however it is split
-        # into micro-batches and ranks; DDP/ZeRO average gradients over ranks, hence the division.
-        n_label = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-        items_per_rank = torch.tensor(all_reduce_sum([n_label], dist.device)[0] / dist.world_size)
-        loss_sum, tokens, visual, skipped, non_finite = 0.0, 0, 0, [], False
-        flops, aux_sum, z_sum = 0.0, 0.0, 0.0
-        for i, batch in enumerate(micro_batches):
-            skipped += batch.pop("skipped")
-            described = batch.pop("samples")
-            flops += step_flops.step_flops(batch)
-            batch = {k: v.to(dist.device) for k, v in batch.items()}
-            tokens += real_tokens(batch)
-            visual += sum(d["visual_tokens"] for d in described)
-            last = i == len(micro_batches) - 1
-            if non_finite and not engine.backward_every_micro_batch:
-                continue  # the step is dropped anyway
-            with engine.micro_step(last):
-                try:
-                    if keepalive is not None:
-                        keepalive.arm(batch)
-                    lm_loss = engine.forward({**batch, "num_items_in_batch": items_per_rank}).loss
-                    loss = lm_loss
-                    if router is not None:
-                        # A per-micro-batch mean: averaged over micro-batches here and over
-                        # ranks by the gradient reduction.
-                        r = router.loss()
-                        loss = lm_loss + r.total / len(micro_batches)
-                        aux_sum += r.aux / len(micro_batches)
-                        z_sum += r.z / len(micro_batches)
-                    if step + 1 in nan_at and last_rank:
-                        loss = loss * float("nan")
-                    # Every rank must take the same branch (ZeRO and DDP communicate in backward).
-                    bad_here = all_reduce_sum([float(not torch.isfinite(loss).item())], dist.device)[0] > 0
-                    if bad_here and not engine.can_skip:
-                        raise FloatingPointError(
-                            f"[train] step {step + 1}: non-finite loss, and the DeepSpeed-built "
-                            f"optimizer cannot skip a step; remove the 'optimizer' section from "
-                            f"the DeepSpeed JSON (ours skips) or resume with a lower train.lr")
-                    non_finite |= bad_here
-                    if not bad_here:
-                        loss_sum += lm_loss.item() / dist.world_size
-                    if not bad_here or engine.backward_every_micro_batch:
-                        engine.backward(loss)  # the optimizer drops a step marked non-finite
-                except torch.cuda.OutOfMemoryError as e:
-                    raise RuntimeError(
-                        f"out of GPU memory at step {step + 1}, micro-batch {i + 1} on rank "
-                        f"{dist.rank}; the batch holds {describe_batch(described)}. Lower "
-                        f"data.max_seq_len, data.vision.max_pixels, train.batch_size or "
-                        f"data.pack_tokens, or set model.gradient_checkpointing=true") from e
-            engine.micro_done(last, skip=non_finite)
-        if skipped:
-            records = skipped
-            bad_log.write(records, stage="encode", step=step + 1)
-            for record in records:
-                print(f"[data] rank {dist.rank} skipped {record}", flush=True)
-        grad_norm, applied = engine.finish_step(skip=non_finite)
-        bad_step = non_finite or not np.isfinite(grad_norm)
-        if bad_step:
-            nan_in_a_row += 1
-            where = "loss" if non_finite else "gradient norm"
-            message = f"[train] step {step + 1}: non-finite {where}"
-            if cfg.train.on_nan == "stop" or nan_in_a_row >= cfg.train.max_nan_steps or applied:
-                reason = ("train.on_nan=stop" if cfg.train.on_nan == "stop" else
-                          "the update was already applied" if applied
-                          else f"{nan_in_a_row} such steps in a row (train.max_nan_steps)")
-                raise FloatingPointError(f"{message}; stopping ({reason}). Resume from the last "
-                                         f"checkpoint with a lower train.lr or check the data of "
-                                         f"this step.")
-            if dist.is_main:
-                print(f"{message}; step skipped (train.on_nan=skip)", flush=True)
-        else:
-            nan_in_a_row = 0
-            loss_since_save.append(loss_sum)
-
-        loss, tokens, visual, flops, n_skipped, aux, z = all_reduce_sum(
-            [loss_sum, tokens, visual, flops, len(skipped), aux_sum, z_sum], dist.device)
-        moe = None
-        if router is not None and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps):
-            moe = {"aux_loss": aux / dist.world_size, "z_loss": z / dist.world_size}
-            if cfg.moe.log_expert_load:
-                moe.update(load_summary(router.pop_load(all_reduce=True), router.layers))
-        lrs = engine.lrs()
-        log.step(step + 1, loss=loss if not bad_step else float("nan"), lr=lrs.get("llm", next(iter(lrs.values()))),
-                 grad_norm=grad_norm, tokens=int(tokens), seconds=time.perf_counter() - t0,
-                 skipped=int(n_skipped), lrs=lrs, visual_tokens=int(visual), nan_skipped=bad_step,
-                 flops=flops, moe=moe)
-        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 \
-                and step + 1 < cfg.train.max_steps:
-            ckpt.save_checkpoint(out, step + 1, engine, dist, cfg.train.keep_last, cfg.train.keep_best,
-                                 float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
-            loss_since_save = []
-
-    last_checkpoint = ckpt.save_checkpoint(
-        out, cfg.train.max_steps, engine, dist, cfg.train.keep_last, cfg.train.keep_best,
-        float(np.mean(loss_since_save)) if loss_since_save else None, run_config)
-    final = out / "final"
-    save_final(engine, processor, final, last_checkpoint, dist)
-    barrier()
-    log.close()
-    return final
+    return Run(cfg, dist, out, run_config, processor, engine, router, batches, log, bad_file,
+               StepFlops(engine.module.config), hooks, start_step)
 
 
-def save_final(engine, processor, final: Path, last_checkpoint: Path, dist: DistInfo) -> None:
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: Config, dist: DistInfo, processor, bad_file: BadSampleFile):
+    """The corpus: every record read, checked and planned up front (so a bad file fails now,
+    not at step 9000), or the encoded samples of a prepared cache. Bad samples go to the run's
+    bad_samples.jsonl; too many stop the run."""
+    bad = BadSampleLog(cfg.data.on_bad_sample)
+    if cfg.data.prepared:
+        corpus = PreparedDataset(cfg.data.prepared, cfg.data, cfg.model.path)  # refuses a stale one
+        left_out = corpus.bad_samples()
+        if left_out and cfg.data.on_bad_sample == "error":
+            raise DataError(f"the prepared data {cfg.data.prepared} left out {len(left_out)} bad "
+                            f"samples (e.g. {left_out[0]}); see its bad_samples.jsonl. Fix them and "
+                            f"prepare again, or set data.on_bad_sample=skip.")
+        bad.records = left_out
+    else:
+        corpus = load_corpus(cfg.data, processor, bad, plan=cfg.data.plan_ahead,
+                             progress=dist.is_main)
+    if bad.records:
+        if dist.is_main:
+            bad_file.write(bad.records, stage="read")
+        bad.check_fraction(len(corpus), cfg.data.max_bad_fraction)
+        if dist.is_main:
+            print(f"[data] skipping {bad.report(len(corpus))}\n[data] all of them: "
+                  f"{bad_file.path}", flush=True)
+    if dist.is_main:
+        print(f"[data] {len(corpus)} samples ({corpus.summary()})", flush=True)
+    return corpus
+
+
+def build_model(cfg: Config):
+    """The model as it trains: loaded (the class from its config.json), activation
+    checkpointing, and LoRA adapters on the unfrozen parts or, for full fine-tuning, the frozen
+    parts frozen."""
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+                       experts_implementation=cfg.model.experts_implementation)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        return apply_lora(model, cfg.lora, cfg.train)
+    freeze_parts(model, cfg.train)
+    return model
+
+
+# --- One step --------------------------------------------------------------------------------
+
+def train_step(run: Run, step: int) -> StepResult:
+    """Forward and backward over this rank's micro-batches of ``step``, then the update.
+
+    The loss is the mean over every label token of the global batch, however it is split into
+    micro-batches and ranks; DDP/ZeRO average gradients over ranks, hence the division of
+    ``num_items_in_batch`` by the world size. A non-finite loss on any rank marks the step for
+    all of them before anyone runs backward (ZeRO and DDP communicate in backward)."""
+    cfg, dist, engine = run.cfg, run.dist, run.engine
+    micro_batches = [next(run.batches) for _ in range(cfg.train.grad_accum)]
+    n_label = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
+    items_per_rank = torch.tensor(all_reduce_sum([n_label], dist.device)[0] / dist.world_size)
+    r = StepResult()
+    for i, batch in enumerate(micro_batches):
+        r.skipped += batch.pop("skipped")
+        described = batch.pop("samples")
+        r.flops += run.step_flops.step_flops(batch)
+        batch = {k: v.to(dist.device) for k, v in batch.items()}
+        r.tokens += real_tokens(batch)
+        r.visual_tokens += sum(d["visual_tokens"] for d in described)
+        last = i == len(micro_batches) - 1
+        if r.non_finite and not engine.backward_every_micro_batch:
+            continue  # the step is dropped anyway
+        with engine.micro_step(last), out_of_memory_names(described, step, i, dist.rank):
+            lm_loss = engine.forward({**batch, "num_items_in_batch": items_per_rank}).loss
+            loss = lm_loss
+            if run.router is not None:
+                # A per-micro-batch mean: averaged over micro-batches here and over ranks by
+                # the gradient reduction.
+                router = run.router.loss()
+                loss = lm_loss + router.total / len(micro_batches)
+                r.aux += router.aux / len(micro_batches)
+                r.z += router.z / len(micro_batches)
+            loss = run.hooks.loss(step, loss, dist.rank, dist.world_size)
+            bad_here = all_reduce_sum([float(not torch.isfinite(loss).item())], dist.device)[0] > 0
+            if bad_here and not engine.can_skip:
+                raise FloatingPointError(
+                    f"[train] step {step}: non-finite loss, and the DeepSpeed-built optimizer "
+                    f"cannot skip a step; remove the 'optimizer' section from the DeepSpeed JSON "
+                    f"(ours skips) or resume with a lower train.lr")
+            r.non_finite |= bad_here
+            if not bad_here:
+                r.loss += lm_loss.item() / dist.world_size
+            if not bad_here or engine.backward_every_micro_batch:
+                engine.backward(loss)  # the optimizer drops a step marked non-finite
+        engine.micro_done(last, skip=r.non_finite)
+    r.grad_norm, r.applied = engine.finish_step(skip=r.non_finite)
+    return r
+
+
+def real_tokens(batch: dict) -> int:
+    """Tokens that are not padding (a packed row has none)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+@contextlib.contextmanager
+def out_of_memory_names(samples: list[dict], step: int, micro_batch: int, rank: int):
+    """An out-of-memory error that names the micro-batch's samples and what to lower."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        held = ", ".join(f"{s['id']} ({s['tokens']} tokens, {s['visual_tokens']} visual)"
+                         for s in samples)
+        raise RuntimeError(
+            f"out of GPU memory at step {step}, micro-batch {micro_batch + 1} on rank {rank}; the "
+            f"batch holds {held}. Lower data.max_seq_len, data.vision.max_pixels, "
+            f"train.batch_size or data.pack_tokens, or set model.gradient_checkpointing=true") from e
+
+
+# --- After a step ----------------------------------------------------------------------------
+
+def report_skipped(run: Run, step: int, skipped: list[BadSample]) -> None:
+    """Samples that failed to encode this step and were replaced: on disk and on the console."""
+    if skipped:
+        run.bad_file.write(skipped, stage="encode", step=step)
+        for record in skipped:
+            print(f"[data] rank {run.dist.rank} skipped {record}", flush=True)
+
+
+def stop_or_skip(run: Run, step: int, result: StepResult, nan_in_a_row: int) -> None:
+    """A step with a non-finite loss or gradient norm: skipped (no update, counted) under
+    ``train.on_nan=skip``; the run stops under ``stop``, after ``max_nan_steps`` in a row, or
+    when the update was already applied."""
+    where = "loss" if result.non_finite else "gradient norm"
+    message = f"[train] step {step}: non-finite {where}"
+    train_cfg = run.cfg.train
+    if train_cfg.on_nan == "stop" or nan_in_a_row >= train_cfg.max_nan_steps or result.applied:
+        reason = ("train.on_nan=stop" if train_cfg.on_nan == "stop" else
+                  "the update was already applied" if result.applied
+                  else f"{nan_in_a_row} such steps in a row (train.max_nan_steps)")
+        raise FloatingPointError(f"{message}; stopping ({reason}). Resume from the last "
+                                 f"checkpoint with a lower train.lr or check the data of "
+                                 f"this step.")
+    if run.dist.is_main:
+        print(f"{message}; step skipped (train.on_nan=skip)", flush=True)
+
+
+def log_step(run: Run, step: int, r: StepResult, bad_step: bool, seconds: float) -> float:
+    """Sums over ranks to the progress log (and MoE statistics on logging steps); returns the
+    step's global loss."""
+    cfg, dist = run.cfg, run.dist
+    loss, tokens, visual, flops, n_skipped, aux, z = all_reduce_sum(
+        [r.loss, r.tokens, r.visual_tokens, r.flops, len(r.skipped), r.aux, r.z], dist.device)
+    moe = None
+    if run.router is not None and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+        moe = {"aux_loss": aux / dist.world_size, "z_loss": z / dist.world_size}
+        if cfg.moe.log_expert_load:
+            moe.update(load_summary(run.router.pop_load(all_reduce=True), run.router.layers))
+    lrs = run.engine.lrs()
+    run.log.step(step, loss=loss if not bad_step else float("nan"),
+                 lr=lrs.get("llm", next(iter(lrs.values()))), grad_norm=r.grad_norm,
+                 tokens=int(tokens), seconds=seconds, skipped=int(n_skipped), lrs=lrs,
+                 visual_tokens=int(visual), nan_skipped=bad_step, flops=flops, moe=moe)
+    return loss
+
+
+# --- Saving ----------------------------------------------------------------------------------
+
+def save_checkpoint(run: Run, step: int, loss_since_save: list[float]) -> Path:
+    train_cfg = run.cfg.train
+    return ckpt.save_checkpoint(run.out, step, run.engine, run.dist, train_cfg.keep_last,
+                                train_cfg.keep_best,
+                                float(np.mean(loss_since_save)) if loss_since_save else None,
+                                run.run_config)
+
+
+def save_final(run: Run, final: Path, last_checkpoint: Path) -> None:
     """final/: what eval loads - the adapter, or the full model. Full weights under ZeRO-3 exist
     only as shards (under AutoEP, with experts renamed and split over ranks), so rank 0 builds
     them with the exporter from the last checkpoint, in the hub layout plain transformers reads."""
-    if not ckpt.save_weights(engine, final, dist):
+    engine, dist = run.engine, run.dist
+    if not engine.save_weights(final):
         # The exporter loads a plain model on rank 0 alone: with transformers still in ZeRO-3
         # mode, that load would partition it collectively and wait for the other ranks forever.
         engine.leave_zero3_loading()
@@ -285,9 +337,9 @@ def save_final(engine, processor, final: Path, last_checkpoint: Path, dist: Dist
             export(last_checkpoint, final, verify=False, overwrite=True)
         return
     if dist.is_main:
-        module = ckpt.unwrap(engine.module)
+        module = unwrap(engine.module)
         if not hasattr(module, "peft_config") and module.config.model_type == "qwen3_vl_moe":
-            from train.debug_models import write_experts_in_hub_layout
+            from train.qwen3_vl.state_dict import write_experts_in_hub_layout
 
             write_experts_in_hub_layout(final)  # the hub layout loads under ZeRO-3 / EP too
-        processor.save_pretrained(str(final))
+        run.processor.save_pretrained(str(final))

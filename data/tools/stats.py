@@ -228,15 +228,14 @@ def collect(cfg: DataConfig, processor, limit: int | None = None,
 
 
 def write_histograms(groups: list[GroupStats], out_dir: Path, max_seq_len: int) -> list[Path]:
-    """One PNG per token kind: a histogram line per source plus the total."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One PNG per token kind: a histogram line per source plus the total. Drawn on bare
+    ``Figure`` objects, not pyplot, so the caller's matplotlib backend is left alone."""
+    from matplotlib.figure import Figure
 
     paths = []
     for kind in TOKEN_KINDS:
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        fig = Figure(figsize=(7, 4), dpi=100)
+        ax = fig.subplots()
         all_values = [v for g in groups for v in g.tokens[kind]]
         bins = np.histogram_bin_edges(all_values or [0], bins=40)
         for group in groups:
@@ -252,7 +251,6 @@ def write_histograms(groups: list[GroupStats], out_dir: Path, max_seq_len: int) 
         fig.tight_layout()
         path = out_dir / f"hist_{kind}_tokens.png"
         fig.savefig(path)
-        plt.close(fig)
         paths.append(path)
     return paths
 

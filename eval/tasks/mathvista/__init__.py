@@ -14,7 +14,8 @@ columns, e.g. ``"{question}\\nAnswer with a number."``.
 
 Score: accuracy with rule-based extraction (``extract.py``); responses with truncated thinking or
 no extractable answer are unparsed and score 0. An LLM judge (``judge.py``) is asked only when
-one is configured and the rules found nothing. ``breakdown`` gives per-task and per-skill groups.
+the task's ``judge:`` in the eval config sets one and the rules found nothing. ``breakdown``
+gives per-task and per-skill groups.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from data.samples import BadSampleLog, DataError
 from data.sources import load as load_source
 from eval.metrics import strip_thinking
 from eval.tasks.mathvista.extract import rule_score
-from eval.tasks.mathvista.judge import Judge, judge_from_env
+from eval.tasks.mathvista.judge import Judge
 
 PROMPT = "{query}"
 COLUMNS = {"image": "decoded_image", "question": "question", "answer": "answer", "id": "pid"}
@@ -60,7 +61,7 @@ class MathVistaTask:
     metric: str = "accuracy"
     split: str = "testmini"
     benchmark: str = "MathVista"
-    judge: Judge | None = None  # None: MATHVISTA_JUDGE_* environment variables, if set
+    judge: Judge | None = None  # None: rule-based extraction only
 
     def with_judge(self, settings: dict) -> "MathVistaTask":
         """This task with the judge a config's ``tasks[].judge`` mapping describes."""
@@ -70,6 +71,15 @@ class MathVistaTask:
             fields = [f.name for f in dataclasses.fields(Judge)]
             raise ValueError(f"tasks.{self.name}.judge: {e}; keys: {', '.join(fields)} "
                              f"(base_url and model are required)") from None
+
+    def scoring_settings(self) -> dict | None:
+        """What can change a score without changing the prediction: the judge's endpoint,
+        model and reply length (not its key or timeout). The runner stores a hash of this with
+        each score and rescores cached predictions when it differs."""
+        if self.judge is None:
+            return None
+        return {"judge": {"base_url": self.judge.base_url, "model": self.judge.model,
+                          "max_tokens": self.judge.max_tokens}}
 
     def load(self, spec):
         split = spec.split or self.split
@@ -89,11 +99,10 @@ class MathVistaTask:
         if "<think>" in text:  # thinking cut off by max_new_tokens: no answer was given
             return 0.0, False
         score, parsed = rule_score(text, sample.meta)
-        judge = self.judge or judge_from_env()
-        if parsed or judge is None or not text:
+        if parsed or self.judge is None or not text:
             return score, parsed
         meta = sample.meta
-        extracted = judge.extract(meta["question"], meta["choices"], text)
+        extracted = self.judge.extract(meta["question"], meta["choices"], text)
         return rule_score(extracted, meta) if extracted is not None else (0.0, False)
 
     def breakdown(self, sample) -> dict:

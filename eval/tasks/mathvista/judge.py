@@ -5,22 +5,22 @@ responses. Here that is a fallback only: it runs when a judge is configured *and
 extractor found nothing, and the judge's short reply goes through the same rules, so the judge
 extracts but never grades. Plain ``urllib.request`` keeps it free of new dependencies.
 
-Configure it in the eval YAML, on the task::
+Configure it in the eval YAML, on the task, and only there, so that the config says how a
+run was scored::
 
     tasks:
       - name: mathvista_testmini
         data: /data/MathVista
         judge: {base_url: "http://localhost:8000/v1", model: Qwen3-32B, api_key_env: JUDGE_KEY}
 
-or, when the YAML gives none, with environment variables:
-``MATHVISTA_JUDGE_BASE_URL`` (e.g. ``http://localhost:8000/v1``; ``/chat/completions`` is
-appended), ``MATHVISTA_JUDGE_MODEL`` and, optionally, ``MATHVISTA_JUDGE_API_KEY_ENV`` (the
-name of the variable holding the key, default ``OPENAI_API_KEY``; no key sends no header).
+``base_url`` gets ``/chat/completions`` appended; ``api_key_env`` names the variable holding the
+key (default ``OPENAI_API_KEY``; no key sends no header), so the key itself stays out of the
+config. The runner scores each prediction once and stores the score with a fingerprint of the
+judge (``MathVistaTask.scoring_settings``), so there is no cache of judge replies here.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import urllib.error
@@ -50,7 +50,7 @@ class Judge:
 
     def extract(self, question: str, choices: list[str] | None, response: str) -> str | None:
         """The judge's extracted answer, or None when it says there is none."""
-        reply = _complete(self, self.prompt(question, choices, response)).strip()
+        reply = self.complete(self.prompt(question, choices, response)).strip()
         return None if not reply or reply.upper().strip(" .") == "NONE" else reply
 
     def complete(self, prompt: str) -> str:
@@ -70,27 +70,10 @@ class Judge:
                                f"URL, model {self.model!r} and the key in ${self.api_key_env}") from None
         except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
             raise RuntimeError(f"MathVista judge {url}: {e}; is the endpoint up and "
-                               f"OpenAI-compatible? (unset MATHVISTA_JUDGE_BASE_URL to use "
-                               f"rule-based extraction only)") from None
+                               f"OpenAI-compatible? (remove the task's judge: from the eval "
+                               f"config to use rule-based extraction only)") from None
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise RuntimeError(f"MathVista judge {url}: no choices[0].message.content in the "
                                f"reply {str(payload)[:300]!r}") from None
-
-
-@functools.lru_cache(maxsize=65536)
-def _complete(judge: Judge, prompt: str) -> str:
-    """Cached: the runner scores each prediction again when it summarises a run."""
-    return judge.complete(prompt)
-
-
-def judge_from_env() -> Judge | None:
-    base_url = os.environ.get("MATHVISTA_JUDGE_BASE_URL")
-    if not base_url:
-        return None
-    model = os.environ.get("MATHVISTA_JUDGE_MODEL")
-    if not model:
-        raise ValueError("MATHVISTA_JUDGE_BASE_URL is set but MATHVISTA_JUDGE_MODEL is not; "
-                         "set the judge's model name (or unset the URL)")
-    return Judge(base_url, model, os.environ.get("MATHVISTA_JUDGE_API_KEY_ENV", "OPENAI_API_KEY"))

@@ -5,7 +5,7 @@ random weights (no hub access), optionally with fewer decoder layers so they fit
 The numbers are those of the released ``config.json`` files (Qwen/Qwen3-VL-8B-Instruct and
 Qwen/Qwen3-VL-30B-A3B-Instruct; the Thinking variants share them), written in transformers 5's
 ``rope_parameters`` form. Cross-check: with every layer, the analytic parameter counts of
-``train.flops.param_counts`` give 8.77B and 31.07B, the published totals.
+``train.qwen3_vl.flops.param_counts`` give 8.77B and 31.07B, the published totals.
 """
 
 from __future__ import annotations

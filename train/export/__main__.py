@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from train.export import ExportMismatch, export
 from train.modeling import DTYPES
 
 
@@ -33,8 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from train.export import ExportMismatch, export
-
     try:
         diff = export(args.checkpoint, args.out, dtype=args.dtype, base=args.base,
                       verify=not args.no_verify, overwrite=args.overwrite)
