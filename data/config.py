@@ -25,19 +25,29 @@ class VisionBudget:
     pairs (temporal patch 2), so two sampled frames make one temporal step of tokens.
     """
 
-    # Images: aspect ratio kept, sides rounded to multiples of 32, area within [min, max].
-    min_pixels: int = 32 * 32 * 4
-    max_pixels: int = 32 * 32 * 256
-    # Videos: frames sampled at ``fps`` (or exactly ``num_frames``), clamped to
-    # [min_frames, max_frames]; each frame within [video_min_pixels, video_max_pixels] and all
-    # frames of one video together within ``video_total_pixels``.
-    fps: float = 2.0
-    num_frames: int | None = None
-    min_frames: int = 4
-    max_frames: int = 64
-    video_min_pixels: int = 32 * 32 * 4
-    video_max_pixels: int = 32 * 32 * 64
-    video_total_pixels: int = 32 * 32 * 64 * 32
+    # Images keep their aspect ratio; sides are rounded to multiples of MIN_SIDE.
+    min_pixels: int = field(default=32 * 32 * 4, metadata={
+        "help": "smallest area of an image, in pixels (smaller images are scaled up)"})
+    max_pixels: int = field(default=32 * 32 * 256, metadata={
+        "help": "largest area of an image, in pixels (larger images are scaled down); "
+                "one visual token per 32x32 pixels"})
+    # A record's own fps / nframes beat fps and num_frames here (data/media/video.py).
+    fps: float = field(default=2.0, metadata={
+        "help": "video frames sampled per second of video, in [0.1, 10]; the count is clamped "
+                "to [min_frames, max_frames] and made even"})
+    num_frames: int | None = field(default=None, metadata={
+        "help": "sample this many frames per video instead of by fps (>= 2; clamped like "
+                "fps's count); null: by fps"})
+    min_frames: int = field(default=4, metadata={
+        "help": "fewest frames sampled from a video (>= 2)"})
+    max_frames: int = field(default=64, metadata={"help": "most frames sampled from a video"})
+    video_min_pixels: int = field(default=32 * 32 * 4, metadata={
+        "help": "smallest area of one video frame, in pixels"})
+    video_max_pixels: int = field(default=32 * 32 * 64, metadata={
+        "help": "largest area of one video frame, in pixels"})
+    video_total_pixels: int = field(default=32 * 32 * 64 * 32, metadata={
+        "help": "largest area of all sampled frames of one video together, in pixels (frames "
+                "shrink to fit, down to 1.05 x video_min_pixels)"})
 
     def __post_init__(self):
         if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
@@ -78,30 +88,50 @@ class VisionBudget:
 class SourceConfig:
     """One corpus of a mixture. ``format`` names a reader in ``data.sources.FORMATS``."""
 
-    path: str = ""  # a file, a folder, or (hf_dataset) a hub id / parquet or save_to_disk folder
-    format: SourceFormat = "llava_json"
-    name: str = ""  # used in reports and stats; default: the path's stem
-    image_root: str | None = None  # relative media paths resolve here (default: the file's folder)
-    weight: float = 1.0  # relative sampling weight in the mixture
-    max_samples: int | None = None  # read at most this many (first N, before weighting)
-    vision: dict[str, Any] = field(default_factory=dict)  # overrides of data.* VisionBudget keys
-    system_prompt: str | None = None  # prepended as a system turn when a sample has none
-    # Formats whose records hold no conversation (hf_dataset, pdf, page_images, coco, refcoco,
-    # screenspot) build one from these:
-    prompt: str | None = None  # the user question/instruction; format default when None
-    columns: dict[str, str] = field(default_factory=dict)  # hf_dataset: role -> column name
-    split: str = "train"  # hf_dataset split
-    task: str | None = None  # format-specific target kind, e.g. pdf: qa | transcribe_markdown
-    dpi: int = 100  # pdf rendering resolution
-    pages: str | None = None  # pdf page range, e.g. "1-3,7"; default: all pages
-    # hf_dataset / refcoco / screenspot read through `datasets`: the dataset's config name
-    # (hub "subset", e.g. DocVQA of lmms-lab/DocVQA); None: the dataset's default.
-    subset: str | None = None
-    # Grounding formats: layout of the record's boxes, one of data.boxes.BOX_FORMATS
-    # (xywh | xyxy | xyxy_norm); None: the format's published layout (xywh for coco, refcoco
-    # and ScreenSpot v1/v2 JSON; xyxy_norm for ScreenSpot read through datasets, as the hub
-    # mirrors store it). ScreenSpot-Pro's JSON needs xyxy. See data/sources/grounding.py.
-    box_format: str | None = None
+    path: str = field(default="", metadata={
+        "help": "a file or a folder; for hf_dataset a hub id, a parquet file or a save_to_disk "
+                "folder (required)"})
+    format: SourceFormat = field(default="llava_json", metadata={
+        "help": "the reader of path (data/sources/)"})
+    name: str = field(default="", metadata={
+        "help": "the source's name in reports and stats; default: the path's stem"})
+    image_root: str | None = field(default=None, metadata={
+        "help": "folder that relative media paths resolve against; default: the data file's "
+                "folder"})
+    weight: float = field(default=1.0, metadata={
+        "help": "relative sampling weight in the mixture (> 0)"})
+    max_samples: int | None = field(default=None, metadata={
+        "help": "read at most this many samples (the first N, before weighting); null: all"})
+    vision: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "this source's own pixel budget: overrides of data.vision keys, e.g. "
+                "{max_pixels: 1048576}"})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "prepended as a system turn to samples that have none"})
+    # The keys below let formats whose records hold no conversation (hf_dataset, pdf,
+    # page_images, coco, refcoco, screenspot) build one.
+    prompt: str | None = field(default=None, metadata={
+        "help": "the user question or instruction of formats that build the conversation; "
+                "null: the format's default"})
+    columns: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "hf_dataset, refcoco, screenspot: role -> column name, e.g. {image: img, "
+                "question: q, answer: a}; roles left out are guessed from common names"})
+    split: str = field(default="train", metadata={
+        "help": "hf_dataset, refcoco, screenspot: the dataset split to read"})
+    task: str | None = field(default=None, metadata={
+        "help": "format-specific target kind, e.g. pdf: qa | transcribe_markdown; null: the "
+                "format's default"})
+    dpi: int = field(default=100, metadata={"help": "pdf: rendering resolution, in [36, 600]"})
+    pages: str | None = field(default=None, metadata={
+        "help": "pdf: page range, e.g. \"1-3,7\"; null: all pages"})
+    subset: str | None = field(default=None, metadata={
+        "help": "hf_dataset, refcoco, screenspot (read through `datasets`): the dataset's config "
+                "name (the hub \"subset\", e.g. DocVQA of lmms-lab/DocVQA); null: its default"})
+    # The published layouts differ (see data/sources/grounding.py): xywh for coco, refcoco and
+    # ScreenSpot v1/v2 JSON; xyxy_norm for ScreenSpot read through datasets, as the hub mirrors
+    # store it; ScreenSpot-Pro's JSON needs xyxy.
+    box_format: str | None = field(default=None, metadata={
+        "help": "coco, refcoco, screenspot: layout of the record's boxes, one of xywh, xyxy, "
+                "xyxy_norm (data.boxes.BOX_FORMATS); null: the format's published layout"})
 
     def __post_init__(self):
         if not self.path:
@@ -136,32 +166,47 @@ class DataConfig:
     """What to train on. One source: ``train`` (+ ``format``, ``image_root``); a mixture:
     ``sources``, a list of ``data.config.SourceConfig`` (path, format, weight, own budget...)."""
 
-    train: str = ""  # one source: a file/folder in ``format`` (see data/sources/)
-    format: SourceFormat = "llava_json"
-    image_root: str | None = None  # default: the data file's folder
-    sources: list[SourceConfig] = field(default_factory=list)
-    vision: VisionBudget = field(default_factory=VisionBudget)  # per image / video pixel budget
-    max_seq_len: int = 4096
-    # Per sample: visual tokens at most this many (None: only max_seq_len bounds them). A sample
-    # over either bound is shrunk (its visuals scaled down to fit) or dropped, by over_budget.
-    max_visual_tokens: int | None = None
-    over_budget: Literal["shrink", "drop"] = "shrink"
-    # Batching: packing puts several samples in one row of up to pack_tokens tokens (attention
-    # stays within each sample); otherwise batch_size samples are padded to the longest.
-    packing: bool = False
-    pack_tokens: int = 16384
-    group_by_length: bool = False  # without packing: batch samples of similar length together
-    # Plan every sample before step 1 (token counts from media headers, ~2k samples/s/core):
-    # finds unreadable media and over-budget samples up front. Packing, length grouping and
-    # max_visual_tokens need it; turn it off only to start a huge unpacked run sooner.
-    plan_ahead: bool = True
-    # A cache written by `python -m data prepare` for this data section: training reads the
-    # encoded samples from it instead of encoding (a cache built from other data, budgets or
-    # processor is refused, saying what differs).
-    prepared: str | None = None
-    on_bad_sample: Literal["error", "skip"] = "error"
-    max_bad_fraction: float = 0.05  # with on_bad_sample=skip: stop if more are bad than this
-    num_workers: int = 0
+    train: str = field(default="", metadata={
+        "help": "one source: a file or folder in data.format (set this or data.sources)"})
+    format: SourceFormat = field(default="llava_json", metadata={
+        "help": "the reader of data.train (data/sources/)"})
+    image_root: str | None = field(default=None, metadata={
+        "help": "folder that data.train's relative media paths resolve against; default: the "
+                "data file's folder"})
+    sources: list[SourceConfig] = field(default_factory=list, metadata={
+        "help": "a mixture: one entry per corpus (set this or data.train)"})
+    vision: VisionBudget = field(default_factory=VisionBudget, metadata={
+        "help": "pixel budget of each image and video (a source's vision overrides it)"})
+    max_seq_len: int = field(default=4096, metadata={
+        "help": "most tokens (text and visual) in one sample"})
+    max_visual_tokens: int | None = field(default=None, metadata={
+        "help": "most visual tokens in one sample; null: only max_seq_len bounds them"})
+    over_budget: Literal["shrink", "drop"] = field(default="shrink", metadata={
+        "help": "a sample over max_seq_len or max_visual_tokens: shrink (scale its visuals "
+                "down to fit) or drop it"})
+    packing: bool = field(default=False, metadata={
+        "help": "put several samples in one row of up to pack_tokens tokens (attention stays "
+                "within each sample); off: batch_size samples padded to the longest"})
+    pack_tokens: int = field(default=16384, metadata={
+        "help": "tokens in one packed row (>= max_seq_len), with packing"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "without packing: batch samples of similar length together (less padding)"})
+    # Planning reads token counts from media headers (~2k samples/s/core); off only to start a
+    # huge unpacked run sooner.
+    plan_ahead: bool = field(default=True, metadata={
+        "help": "plan every sample before step 1, finding unreadable media and over-budget "
+                "samples up front; packing, group_by_length and max_visual_tokens need it"})
+    # A cache built from other data, budgets or processor is refused, saying what differs.
+    prepared: str | None = field(default=None, metadata={
+        "help": "a cache written by `python -m data prepare` for this data section: training "
+                "reads the encoded samples from it instead of encoding"})
+    on_bad_sample: Literal["error", "skip"] = field(default="error", metadata={
+        "help": "a sample that cannot be read or encoded: error (stop) or skip it (counted)"})
+    max_bad_fraction: float = field(default=0.05, metadata={
+        "help": "with on_bad_sample=skip: stop when more than this fraction of samples is bad, "
+                "in [0, 1]"})
+    num_workers: int = field(default=0, metadata={
+        "help": "DataLoader worker processes (0: load in the training process)"})
 
     def __post_init__(self):
         if bool(self.train) == bool(self.sources):

@@ -2,12 +2,15 @@
 
 Every entry point (``python -m train``, ``python -m eval``) reads its config through
 ``load_config``: unknown keys and wrong types fail at start with the key's full dotted name,
-and each dataclass's ``__post_init__`` checks values and says what to change.
+and each dataclass's ``__post_init__`` checks values and says what to change. Each field's
+``metadata["help"]`` says what it does; ``--help`` lists every key with it (``keys_help``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -113,6 +116,76 @@ def _name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def config_keys(cls, prefix: str = ""):
+    """Yield (dotted name, type hint, field, depth) for every key of ``cls``, each section
+    followed by its own keys, so that one walk serves both ``--help`` and the test that every
+    key is documented. A list of sections (``data.sources``) shows its item's keys as
+    ``data.sources[].path``."""
+    hints = typing.get_type_hints(cls)
+    depth = prefix.count(".")
+    for f in dataclasses.fields(cls):
+        name, hint = prefix + f.name, hints[f.name]
+        yield name, hint, f, depth
+        section = _section(hint)
+        if section is not None:
+            is_list = typing.get_origin(hint) is list
+            yield from config_keys(section, name + ("[]." if is_list else "."))
+
+
+def keys_help(cls, width: int | None = None) -> str:
+    """Every key of ``cls`` as ``name (type, default ...): help``, indented under its section:
+    the reference a user needs to write a config or an override, taken from the dataclasses
+    themselves so that it cannot drift from what the loader accepts."""
+    width = width or max(60, min(110, shutil.get_terminal_size().columns - 2))
+    lines = []
+    for name, hint, f, depth in config_keys(cls):
+        indent = "  " * (depth + 1)
+        what = f.metadata.get("help", "")
+        if _section(hint) is not None:
+            kind = "list of sections" if typing.get_origin(hint) is list else "section"
+            text = f"{name} ({kind}): {what}"
+        else:
+            text = f"{name} ({_type_name(hint)}, default {_default(f)}): {what}"
+        # The head wraps like the text (a long choice list must not split the first word).
+        lines += textwrap.wrap(text, width, initial_indent=indent,
+                               subsequent_indent=indent + "    ",
+                               break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def _section(hint):
+    """The dataclass a key's value is built from (itself, or a list's item), else None."""
+    if typing.get_origin(hint) is list:
+        hint = (typing.get_args(hint) or (None,))[0]
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _type_name(hint) -> str:
+    """A hint as a config author reads it: ``int | null``, ``{sdpa, eager}``, ``list[str]``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "{" + ", ".join(map(str, args)) + "}"
+    if origin in (list, dict) and args:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if hint is type(None):
+        return "null"
+    return "any" if hint is typing.Any else _name(hint)
+
+
+def _default(f: dataclasses.Field) -> str:
+    """The field's default written as YAML, the way it would be set in a config or override."""
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        value = f.default
+    else:
+        return "required"
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
+    return text.removesuffix("...").strip()
+
+
 def _set_dotted(raw: dict, key: str, value) -> None:
     node = raw
     *parents, leaf = key.split(".")
@@ -135,9 +208,14 @@ def config_main(prog: str, description: str, config_cls, run, argv: list[str] | 
 
     from data.samples import DataError
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # The keys go in the epilog, laid out by keys_help (argparse would re-wrap them).
+    epilog = ("config keys (set them in CONFIG.yaml, or override as key=value):\n"
+              + keys_help(config_cls))
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.lr=1e-4")
+    parser.add_argument("overrides", nargs="*",
+                        help="dotted key=value overrides of the config keys listed below")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -10,9 +10,12 @@ from data.config import VisionBudget
 
 @dataclass
 class CheckpointSpec:
-    name: str = ""  # the leaderboard's row label, e.g. "base"
-    path: str = ""  # a full checkpoint (hub id or folder)
-    adapter: str | None = None  # a peft adapter folder applied on top of ``path``
+    name: str = field(default="", metadata={
+        "help": "the checkpoint's row label in the leaderboard, e.g. base (unique; required)"})
+    path: str = field(default="", metadata={
+        "help": "a full checkpoint: hub id or folder (required)"})
+    adapter: str | None = field(default=None, metadata={
+        "help": "a peft adapter folder applied on top of path; null: none"})
 
     def __post_init__(self):
         if not self.name or not self.path:
@@ -21,17 +24,29 @@ class CheckpointSpec:
 
 @dataclass
 class TaskSpec:
-    name: str = ""  # a registered task, e.g. synthetic_vqa
-    data: str = ""  # local data for the task
-    image_root: str | None = None
-    split: str | None = None  # the dataset split, where the task reads a Hugging Face dataset
-    subset: str | None = None  # the dataset config (e.g. DocVQA), likewise
-    prompt: str | None = None  # the task's prompt template, where it takes one ({question})
-    limit: int | None = None  # evaluate only the first N samples
-    vision: dict = field(default_factory=dict)  # this task's overrides of the vision.* budget
-    # An OpenAI-compatible answer extractor, for tasks that take one (MathVista):
-    # {base_url, model, api_key_env, timeout_s, max_tokens}. Scoring only: not in the cache key.
-    judge: dict | None = None
+    name: str = field(default="", metadata={
+        "help": "a registered task (eval/tasks/), e.g. synthetic_vqa (required)"})
+    data: str = field(default="", metadata={
+        "help": "the task's data: a local file or folder, or a hub id where the task reads a "
+                "Hugging Face dataset"})
+    image_root: str | None = field(default=None, metadata={
+        "help": "folder that relative media paths resolve against; default: the data's folder"})
+    split: str | None = field(default=None, metadata={
+        "help": "the dataset split, where the task reads a Hugging Face dataset; null: the "
+                "task's default"})
+    subset: str | None = field(default=None, metadata={
+        "help": "the dataset config (e.g. DocVQA), likewise"})
+    prompt: str | None = field(default=None, metadata={
+        "help": "the task's prompt template, where it takes one ({question}); null: the "
+                "task's default"})
+    limit: int | None = field(default=None, metadata={
+        "help": "evaluate only the first N samples; null: all"})
+    vision: dict = field(default_factory=dict, metadata={
+        "help": "this task's overrides of the vision.* budget keys, e.g. {max_pixels: 1048576}"})
+    # Scoring only, so not in the prediction cache key.
+    judge: dict | None = field(default=None, metadata={
+        "help": "an OpenAI-compatible answer extractor, for tasks that take one (MathVista): "
+                "{base_url, model, api_key_env, timeout_s, max_tokens}"})
 
     def __post_init__(self):
         from eval.tasks import TASKS, get_task
@@ -46,14 +61,24 @@ class GenerationConfig:
     """Greedy by default (benchmarks are scored on one deterministic answer). The sampling keys
     apply only with ``do_sample: true``; all of them are part of the prediction cache key."""
 
-    batch_size: int = 16
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k cut
-    repetition_penalty: float = 1.0
-    seed: int = 0  # sampling seed (per sample under vLLM, per batch under hf)
+    batch_size: int = field(default=16, metadata={
+        "help": "samples per generate call (per process)"})
+    max_new_tokens: int = field(default=64, metadata={
+        "help": "most tokens generated per answer"})
+    do_sample: bool = field(default=False, metadata={
+        "help": "sample (temperature, top_p, top_k, seed) instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (> 0), with do_sample"})
+    top_p: float = field(default=1.0, metadata={
+        "help": "nucleus sampling: keep the smallest set of tokens with this much probability, "
+                "in (0, 1]; 1: off"})
+    top_k: int = field(default=0, metadata={
+        "help": "keep only the k most likely tokens; 0: no top-k cut"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "penalty on tokens already generated (> 0; 1: none); applies to greedy "
+                "decoding too"})
+    seed: int = field(default=0, metadata={
+        "help": "sampling seed (per sample under vLLM, per batch under hf)"})
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.max_new_tokens <= 0:
@@ -75,23 +100,33 @@ class GenerationConfig:
 
 @dataclass
 class EvalConfig:
-    output_dir: str = "outputs/eval"
-    checkpoints: list[CheckpointSpec] = field(default_factory=list)
-    tasks: list[TaskSpec] = field(default_factory=list)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    vision: VisionBudget = field(default_factory=VisionBudget)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # hf: transformers generate (CPU or GPU, under torchrun data-parallel); vllm: needs vLLM
-    # and a GPU. ``vllm`` holds extra vllm.LLM(...) engine arguments (gpu_memory_utilization,
-    # tensor_parallel_size, max_model_len, ...).
-    backend: Literal["hf", "vllm"] = "hf"
-    vllm: dict = field(default_factory=dict)
-    # Over all results found in output_dir/results: <this>.md, .json (one schema), .html (sortable
-    # table, deltas vs leaderboard_base, per-benchmark bars) and .png (grouped bar chart).
-    leaderboard: str | None = None
-    leaderboard_base: str | None = None  # a checkpoint name: deltas against it in md and html
-    progress: bool = True
+    output_dir: str = field(default="outputs/eval", metadata={
+        "help": "predictions (cached), results/<checkpoint>.json and the leaderboard go here"})
+    checkpoints: list[CheckpointSpec] = field(default_factory=list, metadata={
+        "help": "the checkpoints to score (at least one)"})
+    tasks: list[TaskSpec] = field(default_factory=list, metadata={
+        "help": "the benchmark tasks to score them on (at least one)"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
+        "help": "how answers are generated"})
+    vision: VisionBudget = field(default_factory=VisionBudget, metadata={
+        "help": "pixel budget of each image and video (a task's vision overrides it)"})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
+        "help": "dtype the checkpoints are loaded in"})
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
+        default="sdpa", metadata={"help": "transformers attention kernel (hf backend)"})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={
+        "help": "hf: transformers generate (CPU or GPU, data-parallel under torchrun); vllm: "
+                "needs vLLM and a GPU"})
+    vllm: dict = field(default_factory=dict, metadata={
+        "help": "extra vllm.LLM(...) engine arguments (gpu_memory_utilization, "
+                "tensor_parallel_size, max_model_len, ...)"})
+    # Over all results found in output_dir/results, not only this run's.
+    leaderboard: str | None = field(default=None, metadata={
+        "help": "write the leaderboard to <this>.md, .json, .html (sortable, deltas vs "
+                "leaderboard_base, per-benchmark bars) and .png (grouped bars); null: none"})
+    leaderboard_base: str | None = field(default=None, metadata={
+        "help": "a checkpoint name: deltas against it in the md and html leaderboards"})
+    progress: bool = field(default=True, metadata={"help": "show a console progress bar"})
 
     def __post_init__(self):
         if not self.checkpoints or not self.tasks:

@@ -56,5 +56,5 @@ def test_training_over_the_faulty_corpus_completes_and_reports(faulty, tiny, tmp
         in_chat - set(UNPARSEABLE) - {"bad-truncated_image"} | {None}
     # One schema for every writer of bad_samples.jsonl (data/samples.py, README).
     assert all(tuple(r) == BAD_SAMPLE_KEYS for r in records)
-    assert all(r["file"] and r["reason"] and r["source"] == "chat" for r in records)
+    assert all(r["file"] and r["reason"] and r["source"] == "train" for r in records)  # its name
     assert (tmp_path / "run/final/adapter_model.safetensors").is_file()

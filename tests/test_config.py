@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from data.configio import ConfigError, load_config
+from data.configio import ConfigError, config_keys, config_main, load_config
+from eval.config import EvalConfig
 from train.config import Config
+from train.lora import TARGET_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +40,8 @@ def test_unknown_key_is_named(cfg_file):
         load_config(Config, cfg_file(MINIMAL + "train:\n  lrate: 0.1\n"))
     with pytest.raises(ConfigError, match=r"unknown config key 'optim'"):
         load_config(Config, cfg_file(MINIMAL), ["optim.lr=1"])
+    with pytest.raises(ConfigError, match=r"known keys at this level: .*\bgrad_accum, keep_best\b"):
+        load_config(Config, cfg_file(MINIMAL), ["train.lrate=0.1"])
 
 
 def test_wrong_type_is_named(cfg_file):
@@ -98,3 +102,47 @@ def test_mixture_config_errors_name_the_source(cfg_file):
 def test_wrong_training_combinations_fail_at_start(cfg_file, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(Config, cfg_file(MINIMAL), overrides)
+
+
+def cli_help(config_cls, capsys) -> str:
+    """What ``python -m <stage> --help`` prints, its line wrapping undone."""
+    with pytest.raises(SystemExit) as done:
+        config_main("python -m stage", "the stage", config_cls, run=None, argv=["--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def help_of(config_cls, key: str) -> str:
+    return next(f.metadata["help"] for name, _, f, _ in config_keys(config_cls) if name == key)
+
+
+@pytest.mark.parametrize("config_cls", [Config, EvalConfig], ids=["train", "eval"])
+def test_every_config_key_has_help(config_cls):
+    """A new field without ``metadata={"help": ...}`` fails here (and would be a bare line in
+    ``--help``)."""
+    keys = list(config_keys(config_cls))
+    undocumented = [name for name, _, f, _ in keys if not f.metadata.get("help", "").strip()]
+    assert not undocumented, f"config keys without metadata help: {undocumented}"
+    assert len(keys) > 20  # the walk reaches the nested sections
+
+
+def test_train_help_lists_every_key_with_type_default_and_help(capsys):
+    text = cli_help(Config, capsys)
+    assert "usage: python -m stage" in text
+    assert f"train.lr (float, default 0.0001): {help_of(Config, 'train.lr')}" in text
+    assert ("lora.targets (list[str], default [llm_attn, llm_mlp]): "
+            f"{help_of(Config, 'lora.targets')}") in text
+    for key in ("data.vision.max_pixels", "distributed.expert_parallel", "data.sources[].path"):
+        assert f"{key} (" in text and help_of(Config, key) in text
+    missing = [name for name, *_ in config_keys(Config) if f"{name} (" not in text]
+    assert not missing, f"--help leaves out {missing}"
+    assert all(preset in help_of(Config, "lora.targets") for preset in TARGET_PRESETS)
+
+
+def test_eval_help_lists_every_key(capsys):
+    text = cli_help(EvalConfig, capsys)
+    assert (f"generation.max_new_tokens (int, default 64): "
+            f"{help_of(EvalConfig, 'generation.max_new_tokens')}") in text
+    assert "tasks[].name (str, default '')" in text and "vision.fps (float, default 2.0)" in text
+    missing = [name for name, *_ in config_keys(EvalConfig) if f"{name} (" not in text]
+    assert not missing, f"--help leaves out {missing}"

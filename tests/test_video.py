@@ -149,33 +149,130 @@ def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("video") / "clip.mp4")
 
 
+CONTAINER_CLIPS = [("a.mp4", "mpeg4"), ("b.mkv", "libx264"), ("c.webm", "libvpx-vp9"),
+                   ("d.avi", "mpeg4"), ("e.mov", "mpeg4")]
+GOP_CLIPS = [("g.mp4", "libx264"), ("g.mkv", "libx264"), ("g.webm", "libvpx-vp9")]
+
+
 def test_probe_reads_headers_of_each_container(tmp_path):
-    for name, codec in [("a.mp4", "mpeg4"), ("b.mkv", "libx264"), ("c.webm", "libvpx-vp9"),
-                        ("d.avi", "mpeg4"), ("e.mov", "mpeg4")]:
+    for name, codec in CONTAINER_CLIPS:
         path = write_video(tmp_path / name, n_frames=24, fps=12, codec=codec)
         info = video_lib.probe(video_lib.VideoRef(str(path)))
         assert info == video_lib.VideoInfo(24, 12.0, FRAME_H, FRAME_W), name
 
 
-def test_skipped_groups_of_pictures_give_the_same_frames(tmp_path, monkeypatch):
-    decoded = []
-    take = video_lib._FramePicker._take
-    monkeypatch.setattr(video_lib._FramePicker, "_take",
-                        lambda self, frames: (decoded.append(len(frames)), take(self, frames)))
-    for name, codec in [("g.mp4", "libx264"), ("g.mkv", "libx264"), ("g.webm", "libvpx-vp9")]:
+def decode_every_frame(path, frame_plan) -> torch.Tensor:
+    """The reference for ``decode``: every frame decoded in order, and planned index i takes
+    the first frame whose index (presentation time x fps; position without pts) reaches i."""
+    import av
+
+    targets, frames = sorted(set(frame_plan.indices)), {}
+    size = (frame_plan.height, frame_plan.width)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time or 0
+        for position, frame in enumerate(container.decode(video=0)):
+            index = position if frame.pts is None else round(
+                float((frame.pts - start) * stream.time_base) * frame_plan.fps)
+            while targets and targets[0] <= index:
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                frames[targets.pop(0)] = video_lib._resize(pixels, size)
+    last = frames[max(frames)]
+    return torch.stack([frames.get(i, last) for i in frame_plan.indices])
+
+
+@pytest.fixture(scope="module")
+def test_clips(clip, tmp_path_factory):
+    """Every clip the tests decode (containers, codecs, short and long groups of pictures)."""
+    root = tmp_path_factory.mktemp("clips")
+    clips = [clip, write_video(root / "long.mkv", n_frames=60, fps=20, codec="libx264"),
+             write_video(root / "gop250.mp4", n_frames=300, fps=30, codec="libx264")]
+    clips += [write_video(root / name, n_frames=24, fps=12, codec=codec)
+              for name, codec in CONTAINER_CLIPS]
+    clips += [write_video(root / name, n_frames=90, fps=30, codec=codec, gop=6)
+              for name, codec in GOP_CLIPS]
+    return clips
+
+
+def frame_plans(path, seed: int) -> list:
+    """Plans for a clip: even spreads of 2 frames to all of them, random sets of indices, and
+    plans from a header that promised more frames than there are."""
+    info = video_lib.probe(video_lib.VideoRef(str(path)))
+    n, rng = info.total_frames, random.Random(seed)
+    spreads = [video_lib.frame_indices(n, k) for k in (2, 6, 16, n)]
+    spreads += [tuple(sorted(rng.sample(range(n), rng.randint(1, n)))) for _ in range(3)]
+    spreads += [video_lib.frame_indices(n + 12, 8)]
+    return [video_lib.FramePlan(indices, 32, 32, info.fps, n) for indices in spreads]
+
+
+def test_seeking_decode_equals_decoding_every_frame(test_clips):
+    for seed, path in enumerate(test_clips):
+        for frame_plan in frame_plans(path, seed):
+            got = video_lib.decode(video_lib.VideoRef(str(path)), frame_plan)
+            assert got.dtype == torch.uint8
+            assert torch.equal(got, decode_every_frame(path, frame_plan)), (path.name, frame_plan)
+
+
+def test_seeking_skips_groups_of_pictures_without_planned_frames(tmp_path, monkeypatch):
+    decoded, frames_from = [], video_lib._decoded_frames
+
+    def counted(container, stream):
+        for frame in frames_from(container, stream):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video_lib, "_decoded_frames", counted)
+    for name, codec in GOP_CLIPS:
         path = write_video(tmp_path / name, n_frames=90, fps=30, codec=codec, gop=6)
         ref = video_lib.VideoRef(str(path))
         plan = video_lib.plan(video_lib.probe(ref), VisionBudget(num_frames=6), ref)
         assert plan.indices == (0, 18, 36, 53, 71, 89)
         decoded.clear()
-        fast = video_lib.decode(ref, plan)
-        n_fast = sum(decoded)
-        decoded.clear()
-        slow = video_lib.decode(ref, plan, skip_gops=False)
-        assert torch.equal(fast, slow), name
-        assert n_fast < 60 and sum(decoded) == 90, (name, n_fast, sum(decoded))
-        levels = fast.float().mean(dim=(1, 2, 3))
+        frames = video_lib.decode(ref, plan)
+        assert len(decoded) < 60, (name, len(decoded))
+        assert torch.equal(frames, decode_every_frame(path, plan)), name
+        levels = frames.float().mean(dim=(1, 2, 3))
         assert torch.allclose(levels, torch.tensor([8.0 * i % 256 for i in plan.indices]), atol=3)
+
+
+class SeekTrouble:
+    """A PyAV input container whose seek fails (``"error"``) or lands a second later than asked
+    (``"late"``, so past the frame wanted)."""
+
+    def __init__(self, container, trouble: str):
+        self.container, self.trouble = container, trouble
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def __enter__(self):
+        self.container.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.container.__exit__(*exc)
+
+    def seek(self, offset, *, stream, backward=True):
+        import av
+
+        if self.trouble == "error":
+            raise av.FFmpegError(22, "Invalid argument")
+        self.container.seek(offset + int(1 / stream.time_base), stream=stream, backward=backward)
+
+
+@pytest.mark.parametrize("trouble", ["error", "late"])
+def test_failed_seek_falls_back_to_decoding_from_the_start(trouble, tmp_path, monkeypatch):
+    import av
+
+    path = write_video(tmp_path / "g.mkv", n_frames=90, fps=30, codec="libx264", gop=6)
+    opened, open_file = [], av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: opened.append(args[0]) or SeekTrouble(
+        open_file(*args, **kwargs), trouble))
+    plan = video_lib.FramePlan((0, 18, 36, 53, 71, 89), 48, 64, 30.0, 90)
+    frames = video_lib.decode(video_lib.VideoRef(str(path)), plan)
+    assert len(opened) == 2  # the seeking pass, then the rest from the start
+    monkeypatch.setattr(av, "open", open_file)
+    assert torch.equal(frames, decode_every_frame(path, plan))
 
 
 def test_encoded_mp4_sample_timestamps_frames_and_plan(processor, clip, tmp_path):

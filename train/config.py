@@ -11,13 +11,20 @@ from train.lora import TARGET_PRESETS
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # a hub id or a local checkpoint folder; the class comes from its config.json
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # MoE expert kernels (transformers' experts_implementation): grouped_mm is one grouped GEMM
-    # per layer; eager is the per-expert loop. None keeps the checkpoint's default.
-    experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] | None = None
-    gradient_checkpointing: bool = False
+    path: str = field(default="", metadata={
+        "help": "a hub id or a local checkpoint folder; the model class comes from its "
+                "config.json (required)"})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
+        "help": "dtype the weights are loaded and trained in"})
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
+        default="sdpa", metadata={"help": "transformers attention kernel"})
+    experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] | None = field(
+        default=None, metadata={
+            "help": "MoE expert kernels (transformers' experts_implementation): grouped_mm is "
+                    "one grouped GEMM per layer, eager the per-expert loop; null: the "
+                    "checkpoint's default"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass: less memory, slower steps"})
 
     def __post_init__(self):
         if not self.path:
@@ -27,15 +34,21 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["llm_attn", "llm_mlp"])
-    use_rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
-    use_dora: bool = False  # weight-decomposed LoRA (peft; not for fused MoE experts)
-    # Whole modules trained next to the adapters and saved with them (e.g. lm_head).
-    modules_to_save: list[str] = field(default_factory=list)
+    enabled: bool = field(default=True, metadata={
+        "help": "train LoRA adapters; false: full fine-tuning of the unfrozen parts"})
+    r: int = field(default=16, metadata={"help": "adapter rank (> 0)"})
+    alpha: int = field(default=32, metadata={
+        "help": "adapter scale: updates are scaled by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input"})
+    targets: list[str] = field(default_factory=lambda: ["llm_attn", "llm_mlp"], metadata={
+        "help": "where adapters go, presets of train.lora.TARGET_PRESETS: llm_attn, llm_mlp, "
+                "experts (MoE), vision, merger"})
+    use_rslora: bool = field(default=False, metadata={
+        "help": "rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r"})
+    use_dora: bool = field(default=False, metadata={
+        "help": "weight-decomposed LoRA (peft; not for fused MoE experts)"})
+    modules_to_save: list[str] = field(default_factory=list, metadata={
+        "help": "whole modules trained next to the adapters and saved with them, e.g. [lm_head]"})
 
     def __post_init__(self):
         unknown = [t for t in self.targets if t not in TARGET_PRESETS]
@@ -49,32 +62,51 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "outputs/train"
-    seed: int = 0
-    max_steps: int = 100
-    batch_size: int = 1  # per process, per micro-step
-    grad_accum: int = 1
-    lr: float = 1e-4
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    log_every: int = 10
-    save_every: int = 0  # 0: only at the end
-    keep_last: int = 2
-    keep_best: bool = False  # also keep the checkpoint with the lowest train loss since the last save
-    resume: str | None = None  # "auto" (latest checkpoint in output_dir) or a checkpoint path
-    progress: bool = True
-    # Which parts learn. Full fine-tuning trains every unfrozen part; LoRA puts adapters only on
-    # unfrozen parts (a lora.targets preset inside a frozen part is an error, not ignored).
-    freeze_vision: bool = False  # the vision tower's patch embedding, position table and blocks
-    freeze_merger: bool = False  # the merger and the deepstack mergers
-    freeze_llm: bool = False  # the language model and lm_head
-    vision_lr: float | None = None  # None: train.lr
-    merger_lr: float | None = None  # None: train.lr
-    # A step whose loss or gradient norm is NaN/inf: "skip" (no update, counted) or "stop".
-    on_nan: Literal["skip", "stop"] = "skip"
-    max_nan_steps: int = 10  # "skip" still stops after this many such steps in a row
+    output_dir: str = field(default="outputs/train", metadata={
+        "help": "checkpoints, metrics.jsonl and plots go here"})
+    seed: int = field(default=0, metadata={
+        "help": "random seed: adapter init, dropout and the sample order"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps to train"})
+    batch_size: int = field(default=1, metadata={
+        "help": "samples per process per micro-step (1 with data.packing: one packed row)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={
+        "help": "decay after warmup, over max_steps (all warm up linearly first)"})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "steps of linear warmup from 0 to lr, in [0, max_steps)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "help": "clip gradients to this global norm"})
+    log_every: int = field(default=10, metadata={
+        "help": "steps between rows of metrics.jsonl (and console / tracker logs)"})
+    save_every: int = field(default=0, metadata={
+        "help": "steps between checkpoints; 0: only at the end"})
+    keep_last: int = field(default=2, metadata={
+        "help": "checkpoints kept; older ones are deleted"})
+    keep_best: bool = field(default=False, metadata={
+        "help": "also keep the checkpoint with the lowest train loss since the last save"})
+    resume: str | None = field(default=None, metadata={
+        "help": "auto (the latest checkpoint in output_dir) or a checkpoint path; null: start "
+                "fresh"})
+    progress: bool = field(default=True, metadata={"help": "show a console progress bar"})
+    # Full fine-tuning trains every unfrozen part; LoRA puts adapters only on unfrozen parts
+    # (a lora.targets preset inside a frozen part is an error, not ignored).
+    freeze_vision: bool = field(default=False, metadata={
+        "help": "freeze the vision tower's patch embedding, position table and blocks"})
+    freeze_merger: bool = field(default=False, metadata={
+        "help": "freeze the merger and the deepstack mergers"})
+    freeze_llm: bool = field(default=False, metadata={
+        "help": "freeze the language model and lm_head"})
+    vision_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the vision tower; null: train.lr"})
+    merger_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the mergers; null: train.lr"})
+    on_nan: Literal["skip", "stop"] = field(default="skip", metadata={
+        "help": "a step whose loss or gradient norm is NaN/inf: skip it (no update, counted) "
+                "or stop the run"})
+    max_nan_steps: int = field(default=10, metadata={
+        "help": "with on_nan=skip: still stop after this many such steps in a row"})
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "keep_last"):
@@ -95,9 +127,13 @@ class TrainConfig:
 @dataclass
 class MoeConfig:
     """Router losses and statistics for Qwen3-VL-MoE (ignored keys on a dense model are errors)."""
-    aux_loss_coef: float | None = None  # load-balancing loss weight; None: the checkpoint's
-    z_loss_coef: float = 0.0  # router z-loss weight (mean squared logsumexp of router logits)
-    log_expert_load: bool = True  # per-layer expert token counts in metrics.jsonl
+
+    aux_loss_coef: float | None = field(default=None, metadata={
+        "help": "load-balancing loss weight (>= 0); null: the checkpoint's"})
+    z_loss_coef: float = field(default=0.0, metadata={
+        "help": "router z-loss weight (mean squared logsumexp of router logits), >= 0"})
+    log_expert_load: bool = field(default=True, metadata={
+        "help": "log per-layer expert token counts in metrics.jsonl"})
 
     def __post_init__(self):
         if (self.aux_loss_coef or 0) < 0 or self.z_loss_coef < 0:
@@ -106,11 +142,14 @@ class MoeConfig:
 
 @dataclass
 class DistributedConfig:
-    # A DeepSpeed JSON config: a path, or a shipped name (zero2, zero3, zero3_offload) from
-    # configs/deepspeed/. None: plain DDP (or a single process).
-    deepspeed: str | None = None
-    expert_parallel: int = 1  # expert-parallel group size (DeepSpeed AutoEP, ZeRO-3, MoE only)
-    ep_preset: str = "qwen3_vl_moe"  # which AutoEP module map to use (train/expert_parallel.py)
+    deepspeed: str | None = field(default=None, metadata={
+        "help": "a DeepSpeed JSON config: a path, or a name shipped in train/deepspeed_configs/ "
+                "(zero2, zero3, zero3_offload); null: plain DDP (or a single process)"})
+    expert_parallel: int = field(default=1, metadata={
+        "help": "expert-parallel group size (DeepSpeed AutoEP; needs ZeRO-3 and a MoE model); "
+                "1: off"})
+    ep_preset: str = field(default="qwen3_vl_moe", metadata={
+        "help": "which AutoEP module map to use (train/expert_parallel.py)"})
 
     def __post_init__(self):
         if self.expert_parallel < 1:
@@ -122,22 +161,33 @@ class DistributedConfig:
 
 @dataclass
 class LoggingConfig:
-    report_to: list[Literal["wandb", "tensorboard"]] = field(default_factory=list)
-    wandb_project: str = "qwen3vl-tune"
-    wandb_mode: Literal["offline", "online"] = "offline"  # offline: sync later with `wandb sync`
-    run_name: str | None = None  # None: the output_dir's name
-    loss_plot: bool = True  # loss_curve.png in output_dir at the end of a run
+    report_to: list[Literal["wandb", "tensorboard"]] = field(default_factory=list, metadata={
+        "help": "trackers that also get the metrics, e.g. [wandb, tensorboard]"})
+    wandb_project: str = field(default="qwen3vl-tune", metadata={"help": "wandb project name"})
+    wandb_mode: Literal["offline", "online"] = field(default="offline", metadata={
+        "help": "offline: sync later with `wandb sync`"})
+    run_name: str | None = field(default=None, metadata={
+        "help": "the run's name in the trackers; null: the output_dir's name"})
+    loss_plot: bool = field(default=True, metadata={
+        "help": "draw loss_curve.png in output_dir at the end of a run"})
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    moe: MoeConfig = field(default_factory=MoeConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "the checkpoint to fine-tune and how to load it"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "what to train on, and how samples are budgeted and batched"})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={
+        "help": "LoRA adapters (or full fine-tuning with enabled=false)"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={
+        "help": "the optimization loop, checkpoints and which parts learn"})
+    moe: MoeConfig = field(default_factory=MoeConfig, metadata={
+        "help": "router losses and statistics (Qwen3-VL-MoE only)"})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig, metadata={
+        "help": "DeepSpeed and expert parallelism (launch with torchrun or deepspeed)"})
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={
+        "help": "trackers and plots"})
 
     def __post_init__(self):
         if self.data.packing and self.train.batch_size != 1:

@@ -341,13 +341,13 @@ def load(ref: VideoRef, budget: VisionBudget, patch_size: int = 16, merge_size: 
     return decode(ref, frame_plan), frame_plan.metadata()
 
 
-def decode(ref: VideoRef, frame_plan: FramePlan, skip_gops: bool = True) -> torch.Tensor:
+def decode(ref: VideoRef, frame_plan: FramePlan) -> torch.Tensor:
     """The planned frames, resized. Frame ``i`` of a file is the first frame shown at or after
     ``i / fps`` seconds (its presentation time; its position in the stream when it has none).
     Frames that fail to decode are skipped; a video that ends before its header said repeats
     its last decoded frame, so the planned token count holds. Raises ValueError naming the file
-    when no frame decodes. ``skip_gops``: groups of pictures holding no planned frame are read
-    but not decoded (the result is the same; long videos decode many times faster)."""
+    when no frame decodes. A file is read by seeking to the keyframe before each far planned
+    frame, so long stretches without a planned frame are neither read nor decoded."""
     size = (frame_plan.height, frame_plan.width)
     if ref.is_frames:
         from data.media.images import load_image
@@ -359,7 +359,7 @@ def decode(ref: VideoRef, frame_plan: FramePlan, skip_gops: bool = True) -> torc
             except OSError as e:
                 raise ValueError(f"video frame is not a readable image: {ref.source[i]} ({e})") from None
     else:
-        frames = _decode_file(ref.source, frame_plan.indices, size, frame_plan.fps, skip_gops)
+        frames = _decode_file(ref.source, frame_plan.indices, size, frame_plan.fps)
     if not frames:
         raise ValueError(f"video has no decodable frame: {ref}")
     last = frames[max(frames)]
@@ -368,104 +368,141 @@ def decode(ref: VideoRef, frame_plan: FramePlan, skip_gops: bool = True) -> torc
 
 def first_frame(path: str) -> None:
     """Decode one frame of a video file; ValueError naming the file when none decodes."""
-    if not _decode_file(path, (0,), None, fps=1.0, skip_gops=False):
+    if not _decode_file(path, (0,), None, fps=1.0):
         raise ValueError(f"video has no decodable frame: {path}")
 
 
-def _decode_file(path: str, indices, size: tuple[int, int] | None, fps: float,
-                 skip_gops: bool = True) -> dict[int, torch.Tensor]:
-    """Frames by planned index. Packets are read in order; with ``skip_gops`` each group of
-    pictures (keyframe to keyframe) is decoded only when a planned frame lies before the next
-    keyframe, otherwise dropped undecoded (after draining the decoder, so frames it still holds
-    from the group before are not lost)."""
+SEEK_MIN_GAP = 8  # frames: a planned frame at most this far ahead is reached by decoding on
+
+
+class _CannotSeek(Exception):
+    """A seek failed or landed where the frames it skipped may hold the one wanted."""
+
+
+def _decode_file(path: str, indices, size: tuple[int, int] | None,
+                 fps: float) -> dict[int, torch.Tensor]:
+    """Frames by planned index, reached by seeking (see ``_StreamReader``). Where seeking
+    cannot be trusted (an error, a landing past the target, frames without timestamps), the
+    frames still missing are decoded from the start of a freshly opened file, which always
+    gives the right ones."""
     import av
 
+    targets = sorted(set(indices))
+    frames: dict[int, torch.Tensor] = {}
     try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            frames = _FramePicker(stream, sorted(set(indices)), size, fps)
-            pending = []  # packets of the current group of pictures, not decoded yet
-            for packet in container.demux(stream):
-                if packet.size == 0:  # end-of-stream marker: drained below
-                    continue
-                if not skip_gops:
-                    frames.feed([packet])
-                elif packet.is_keyframe and packet.pts is not None and pending:
-                    if frames.next_target < frames.index(packet.pts):
-                        frames.feed(pending)
-                    else:
-                        frames.drain()
-                    pending = []
-                if skip_gops:
-                    pending.append(packet)
-                if frames.done:
-                    return frames.frames
-            frames.feed(pending)
-            frames.drain()
-            return frames.frames
+        try:
+            with av.open(path) as container:
+                _StreamReader(container, fps, may_seek=True).take(targets, size, frames)
+        except _CannotSeek:
+            with av.open(path) as container:
+                missing = [t for t in targets if t not in frames]
+                _StreamReader(container, fps, may_seek=False).take(missing, size, frames)
     except av.FFmpegError as e:
         raise ValueError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
+    return frames
 
 
-class _FramePicker:
-    """Takes decoded frames for sorted target indices: a target gets the first frame whose
-    index (presentation time x fps) is at or past it."""
+class _StreamReader:
+    """Decodes the first video stream of an open file forward, and jumps ahead with
+    ``container.seek`` (to the keyframe before a target) when the next target is more than
+    ``gap`` frames away. ``gap`` grows to the longest keyframe interval seen, and doubles past
+    a seek that landed back among the frames already decoded, so seeks are made where a
+    keyframe lies between here and the target; targets close together in a long group of
+    pictures are reached by decoding on, not by decoding its start again for each."""
 
-    def __init__(self, stream, targets: list[int], size, fps: float):
-        self.codec, self.time_base = stream.codec_context, stream.time_base
-        self.start = stream.start_time or 0
-        self.targets, self.size, self.fps = targets, size, fps
-        self.frames: dict[int, torch.Tensor] = {}
-        self.next, self.counted = 0, 0
-        self.live = False  # the decoder was fed since its last drain
+    def __init__(self, container, fps: float, may_seek: bool):
+        self.container, self.fps, self.may_seek = container, fps, may_seek
+        self.stream = container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.start = self.stream.start_time or 0
+        self.decoded = _decoded_frames(container, self.stream)
+        self.frame, self.position = None, -1  # the last frame decoded and its index
+        self.pixels = None  # that frame, resized (made once even when it serves several targets)
+        self.count = 0  # frames decoded from the start: the index of a frame without pts
+        self.seeked = False
+        self.gap = SEEK_MIN_GAP
+        self.last_keyframe: int | None = None  # index of the last keyframe decoded since a seek
 
-    @property
-    def done(self) -> bool:
-        return self.next >= len(self.targets)
-
-    @property
-    def next_target(self) -> int:
-        return self.targets[self.next] if not self.done else 1 << 62
-
-    def index(self, pts: int) -> int:
-        return round(float((pts - self.start) * self.time_base) * self.fps)
-
-    def feed(self, packets) -> None:
-        import av
-
-        for packet in packets:
-            if self.done:
+    def take(self, targets: list[int], size, frames: dict[int, torch.Tensor]) -> None:
+        """Fill ``frames`` for sorted ``targets``: each gets the first frame whose index is at
+        or past it (one frame may serve several). Stops at the end of the video."""
+        for target in targets:
+            if self.may_seek and target > self.position + self.gap:
+                self._seek_before(target)
+            if not self._decode_to(target):
                 return
-            self.live = True
-            try:
-                self._take(self.codec.decode(packet))
-            except av.FFmpegError:  # a damaged packet: skip it, keep going
-                continue
+            if self.pixels is None:
+                self.pixels = _resize(torch.from_numpy(self.frame.to_ndarray(format="rgb24")), size)
+            frames[target] = self.pixels
 
-    def drain(self) -> None:
-        """Flush the frames the decoder still holds, then reset it for a later keyframe."""
+    def _decode_to(self, target: int) -> bool:
+        """Decode on until the last frame's index is at or past ``target``; False at the end."""
+        while self.position < target:
+            frame = next(self.decoded, None)
+            if frame is None:
+                return False
+            self._advance(frame)
+        return True
+
+    def _advance(self, frame) -> None:
+        index = self._index(frame)
+        self.count += 1
+        if frame.key_frame:
+            if self.last_keyframe is not None:
+                self.gap = max(self.gap, index - self.last_keyframe)
+            self.last_keyframe = index
+        self.frame, self.position, self.pixels = frame, index, None
+
+    def _index(self, frame) -> int:
+        """``decode``'s frame index: presentation time x fps, or the position in the stream
+        for a frame without pts (known only when decoding from the start)."""
+        if frame.pts is None:
+            if self.seeked:
+                raise _CannotSeek
+            return self.count
+        return round(float((frame.pts - self.start) * self.stream.time_base) * self.fps)
+
+    def _seek_before(self, target: int) -> None:
+        """Seek to the keyframe at or before the last instant whose index is below ``target``.
+        Trusted only when the first frame decoded there is a keyframe with an index below
+        ``target``: the frames before a keyframe in the stream are shown before it, so none of
+        them can be the target's, and decoding on finds the right one. (A first frame that is
+        not a keyframe is a picture shown before it and decoded from references the seek
+        skipped.) A seek that lands back among the frames already decoded is not wrong, only
+        wasted; ``gap`` learns from it."""
         import av
 
-        if not self.live:
-            return
-        self.live = False
+        boundary = (target - 0.5) / self.fps / self.stream.time_base  # index `target` from here
+        last_pts_before = self.start + math.ceil(boundary) - 1
+        self.decoded.close()
         try:
-            self._take(self.codec.decode(None))
+            self.container.seek(last_pts_before, stream=self.stream, backward=True)
         except av.FFmpegError:
-            pass
-        self.codec.flush_buffers()
+            raise _CannotSeek from None
+        self.seeked = True
+        self.decoded = _decoded_frames(self.container, self.stream)
+        landing = next(self.decoded, None)
+        if landing is None or not landing.key_frame or self._index(landing) >= target:
+            raise _CannotSeek
+        landed_at = self._index(landing)
+        if landed_at <= self.position:  # wasted: the group of pictures is longer than `gap`
+            self.gap = max(self.gap, 2 * (target - landed_at))  # (doubling bounds the waste)
+        self.last_keyframe = None
+        self._advance(landing)
 
-    def _take(self, decoded) -> None:
-        for frame in decoded:
-            index = self.index(frame.pts) if frame.pts is not None else self.counted
-            self.counted += 1
-            pixels = None
-            while not self.done and index >= self.next_target:
-                if pixels is None:
-                    pixels = _resize(torch.from_numpy(frame.to_ndarray(format="rgb24")), self.size)
-                self.frames[self.next_target] = pixels
-                self.next += 1
+
+def _decoded_frames(container, stream):
+    """Frames of ``stream`` from where the file is read, in presentation order, the decoder
+    drained at the end. ``container.decode`` does the same but stops at the first packet that
+    fails to decode; here such a packet is skipped and decoding goes on."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            continue
+        yield from frames
 
 
 def _resize(hwc: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
