@@ -24,10 +24,10 @@ demo: setup
 	$(PY) scripts/run_demo.py --out $(DEMO)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q --durations=25 -m "not slow" tests
 
 clean:
 	rm -rf outputs

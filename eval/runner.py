@@ -276,7 +276,9 @@ def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
     all_rows = []
     for ck in cfg.checkpoints:
-        resolved = resolve_checkpoint(ck.path, ck.adapter)
+        announce = (lambda message: print(f"[eval] {ck.name}: {message}", flush=True)) \
+            if dist.is_main else None
+        resolved = resolve_checkpoint(ck.path, ck.adapter, announce)
         if dist.is_main:
             print(f"[eval] {ck.name}: {resolved.kind} {resolved.arch} checkpoint, model {resolved.model}"
                   + (f", adapter {resolved.adapter}" if resolved.adapter else ""), flush=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,10 +34,10 @@ from eval.checkpoints import resolve_checkpoint  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from eval.generate import HFGenerator  # noqa: E402
 from eval.runner import evaluate_task  # noqa: E402
+from tests.helpers.launch import entry  # noqa: E402
 from train.debug_models import build_tiny_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FAULTS = ROOT / "tests/helpers/faults.py"
 
 TASKS = ("synthetic_vqa", "synthetic_grounding", "synthetic_doc")
 
@@ -107,18 +106,15 @@ def main() -> None:
 
 def run_cli(config: Path, nproc: int = 1, kill_after_batches: int | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m eval CONFIG``, under torchrun when nproc > 1; with ``kill_after_batches``,
-    tests/helpers/faults.py instead, which SIGKILLs the process after that many batches."""
-    entry, faults = ["-m", "eval"], []
-    if kill_after_batches is not None:
-        entry, faults = [str(FAULTS), "eval"], ["--kill-after-batches", str(kill_after_batches)]
-    launcher = [sys.executable, *entry] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(29500 + os.getpid() % 1000), *entry]
-    proc = subprocess.run(launcher + [str(config), *faults], capture_output=True, text=True,
-                          cwd=ROOT)
+    """``python -m eval CONFIG``, under torchrun (on a free port) when nproc > 1; with
+    ``kill_after_batches``, tests/helpers/faults.py instead, which SIGKILLs the process after
+    that many batches. The command is the tests' (tests/helpers/launch.py); the environment is
+    this process's."""
+    faults = () if kill_after_batches is None else ("--kill-after-batches", str(kill_after_batches))
+    cmd = entry("eval", nproc, faults=faults) + [str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if check and proc.returncode != 0:
-        raise SystemExit(f"{' '.join(launcher)} {config} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return proc
 
 

@@ -28,19 +28,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.helpers.launch import entry  # noqa: E402
+
 CONFIG = ROOT / "configs/demo/train_lora.yaml"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
 
 
-def train(model: Path, data: Path, out: Path, *overrides, nproc: int = 2, env=None, check=True):
+def train(model: Path, data: Path, out: Path, *overrides, nproc: int = 2, faults: tuple = (),
+          check=True):
+    """``python -m train`` (torchrun on a free port when nproc > 1, the command of
+    tests/helpers/launch.py); ``faults``: tests/helpers/faults.py's options, e.g.
+    ``("--kill-at-step", "4")``."""
     args = [f"model.path={model}", f"data.train={data}", f"train.output_dir={out}",
             "train.batch_size=1", "train.warmup_steps=1", "train.log_every=1", "train.progress=false",
             "lora.r=4", "lora.alpha=8", "logging.loss_plot=false", *overrides]
-    launcher = [sys.executable, "-m", "train"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(29500 + os.getpid() % 1000), "-m", "train"]
-    proc = subprocess.run(launcher + [str(CONFIG), *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(ENV, **(env or {})))
+    proc = subprocess.run(entry("train", nproc, faults=faults) + [str(CONFIG), *args], cwd=ROOT,
+                          capture_output=True, text=True, env=ENV)
     if check and proc.returncode:
         sys.exit(f"training run {out} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -168,7 +171,7 @@ def main() -> None:
                   "train.save_every=2", steps]
     train(tiny["dense"], mixed, work / "dense-full", *dense_full)
     killed = train(tiny["dense"], mixed, work / "dense-killed", *dense_full,
-                   env={"QWEN3VL_KILL_AT_STEP": "4"}, check=False)
+                   faults=("--kill-at-step", "4"), check=False)
     assert killed.returncode != 0, "the SIGKILL did not happen"
     train(tiny["dense"], mixed, work / "dense-killed", *dense_full, "train.resume=auto")
     figures["resume_loss_max_abs_diff"] = max_loss_diff(work / "dense-full", work / "dense-killed")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data.configio import ConfigError, config_keys, config_main, load_config
 from eval.config import EvalConfig
+from tests.helpers import launch
 from train.config import Config
 from train.lora import TARGET_PRESETS
 
@@ -64,8 +63,7 @@ def test_bad_values_say_what_to_change(cfg_file):
 
 def test_cli_exits_with_message_before_loading_anything(cfg_file):
     path = cfg_file(MINIMAL + "train:\n  bogus: 1\n")
-    proc = subprocess.run([sys.executable, "-m", "train", str(path)], capture_output=True,
-                          text=True, timeout=120)
+    proc = launch.run(launch.entry("train") + [str(path)], check=False, timeout=120)
     assert proc.returncode == 2
     assert "unknown config key 'train.bogus'" in proc.stderr
 
@@ -74,8 +72,11 @@ def test_cli_exits_with_message_before_loading_anything(cfg_file):
                          + sorted((ROOT / "configs/examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_training_configs_load(path):
     cfg = load_config(Config, path)
-    for source in cfg.data.source_configs():
-        cfg.data.budget(source)  # per-source budget overrides are valid
+    sources = cfg.data.source_configs()
+    assert cfg.model.path and sources  # a model to train and data to train it on
+    for source in sources:
+        budget = cfg.data.budget(source)  # per-source budget overrides are valid
+        assert 0 < budget.min_pixels <= budget.max_pixels, source.name
 
 
 def test_mixture_config_errors_name_the_source(cfg_file):

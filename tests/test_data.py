@@ -11,11 +11,7 @@ import torch
 from data.encode import IGNORE_INDEX, SampleEncoder, SampleTooLong, VisionBudget, collate
 from data.samples import BadSampleLog, DataError
 from data.sources import load_llava_json
-
-
-def write_json(path, records):
-    path.write_text(json.dumps(records))
-    return path
+from tests.helpers.files import write_json
 
 
 def test_missing_image_error_names_file_index_and_path(corpus, tmp_path):

@@ -7,12 +7,11 @@ different modalities in the same step (which hangs ZeRO-3 unless the vision towe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.launch import run_train
+from tests.helpers.launch import losses, metrics, run_train
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +26,6 @@ def launch(model: Path, data: Path, out: Path, *overrides, faults: tuple = (), c
     """A 2-process run of the demo config, batch 1, 4 steps."""
     return run_train(model, out, "train.batch_size=1", "train.max_steps=4", "logging.loss_plot=false",
                      *overrides, data=data, nproc=2, launcher=launcher, faults=faults, check=check)
-
-
-def losses(out: Path) -> dict[int, float]:
-    """Step -> loss; a step logged twice (killed, then resumed) keeps the later row."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
 
 
 def assert_same_losses(a: dict, b: dict, tol: float = 1e-5) -> None:
@@ -88,7 +81,7 @@ def test_zero3_moe_expert_parallel_equals_no_ep(tiny, mixed, tmp_path):
     assert_same_losses(losses(plain), losses(ep))
     for rank in (0, 1):  # each rank holds 4 of the 8 experts of every MoE layer
         assert f"[ep] rank {rank} holds [4] of 8 experts in each of 2 MoE layers" in proc.stdout
-    row = json.loads((ep / "metrics.jsonl").read_text().splitlines()[-1])
+    row = metrics(ep)[-1]
     assert row["moe/aux_loss"] > 0 and "moe/load_max_over_mean/worst" in row
     assert_reloads_complete(ep / "final")  # AutoEP shards put back into the HF experts
 
@@ -113,7 +106,7 @@ def test_zero3_nan_step_is_skipped_on_every_rank(tiny, mixed, tmp_path):
     proc = launch(tiny["dense"], mixed, out, "distributed.deepspeed=zero3", "train.max_steps=3",
                   faults=("--nan-steps", "2"))  # NaN on rank 1 only; both must skip
     assert "step 2: non-finite loss; step skipped" in proc.stdout
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert rows[1]["loss"] is None and rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]
     assert rows[2]["loss"] > 0 and rows[2]["nan_steps_skipped"] == 1
 

@@ -3,8 +3,6 @@ several pages, folders of page images, and bad documents reported by file and re
 
 from __future__ import annotations
 
-import json
-
 import pypdfium2
 import pytest
 from PIL import Image
@@ -17,6 +15,7 @@ from data.encode import SampleEncoder, VisionBudget
 from data.planner import TokenPlanner
 from data.samples import BadSampleLog, DataError
 from data.sources import load
+from tests.helpers.files import write_jsonl
 
 LETTER, A4 = (612, 792), (595.28, 841.89)
 
@@ -58,11 +57,6 @@ def make_pdf(path, pages, encrypted=False):
 def three_pages(path):
     return make_pdf(path, [(*LETTER, "Hello page one", 0), (*A4, "Second (page)", 90),
                            (200.5, 100.3, None, 0)])
-
-
-def write_jsonl(path, records):
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return path
 
 
 def test_page_size_from_points_equals_rendered_image(tmp_path):

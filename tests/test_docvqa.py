@@ -3,43 +3,14 @@ harness runs it end to end with per-question-type breakdowns."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
-from PIL import Image
 
 from data.configio import load_config
 from eval.config import EvalConfig, TaskSpec
 from eval.tasks import get_task
-
-
-def png(size) -> dict:
-    buf = io.BytesIO()
-    Image.new("RGB", size, "white").save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
-
-
-def docvqa_folder(root):
-    """lmms-lab/DocVQA, config DocVQA: validation parquet with the published columns."""
-    from datasets import Dataset, Features, Image as HFImage, List, Value
-
-    features = Features({"questionId": Value("string"), "question": Value("string"),
-                         "question_types": List(Value("string")), "image": HFImage(),
-                         "docId": Value("int64"), "answers": List(Value("string")),
-                         "data_split": Value("string")})
-    rows = {"questionId": ["49153", "57349", "24580"],
-            "question": ["What is the ‘actual’ value per 1000, during the year 1975?",
-                         "What is the name of the company?", "Who is the memo addressed to?"],
-            "question_types": [["figure/diagram"], ["layout"], ["form", "layout"]],
-            "image": [png((96, 128)), png((128, 96)), png((64, 64))],
-            "docId": [14465, 9211, 2201],
-            "answers": [["0.28"], ["ITC Limited", "itc limited", "ITC"], ["Dr. Smith"]],
-            "data_split": ["val", "val", "val"]}
-    folder = root / "DocVQA"
-    folder.mkdir(parents=True)
-    Dataset.from_dict(rows, features=features).to_parquet(str(folder / "validation-00000-of-00001.parquet"))
-    return folder
+from tests.helpers.benchmark_data import docvqa_folder
 
 
 def test_loads_the_published_layout_with_the_short_answer_prompt(tmp_path):

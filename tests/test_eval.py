@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from data.configio import load_config
 from eval import leaderboard
 from eval.config import EvalConfig
 from eval.runner import evaluate
+from tests.helpers.launch import run_eval, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,8 +124,6 @@ def test_unreadable_image_is_recorded_not_fatal(tiny, corpus, tmp_path):
 
 
 def test_eval_cli_loads_base_plus_adapter(tiny, corpus, tmp_path):
-    from tests.helpers.launch import run_train
-
     run_train(tiny["dense"], tmp_path / "train", "train.max_steps=2", "train.batch_size=4",
               data=corpus["train"])
     adapter = tmp_path / "train/final"
@@ -141,9 +138,7 @@ tasks:
 generation: {{batch_size: 4, max_new_tokens: 4}}
 leaderboard: {tmp_path}/board
 """)
-    proc = subprocess.run([sys.executable, "-m", "eval", str(cfg_path)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_eval(cfg_path, timeout=300)
     board = json.loads((tmp_path / "board.json").read_text())
     assert [r["checkpoint"] for r in board] == ["base", "tuned"]
 

@@ -1,6 +1,6 @@
-"""Benchmark fixtures (published column layouts) through the harness end to end with the tiny
-model: results rows with per-subject / per-task breakdowns, and the leaderboard. (DocVQA's is
-in test_docvqa.)"""
+"""Benchmark fixtures (published column layouts, tests/helpers/benchmark_data.py) through the
+harness end to end with the tiny model: results rows with per-subject / per-task breakdowns,
+and the leaderboard. (DocVQA's is in test_docvqa.)"""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import json
 
 from data.configio import load_config
 from eval.config import EvalConfig
-from tests import test_eval_grounding, test_mathvista, test_mmmu
+from tests.helpers.benchmark_data import (MATHVISTA_ROWS, mathvista_folder, mmmu_folder,
+                                          refcoco_folder, screenspot_file)
 
 
 def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
     from eval.runner import evaluate
 
-    mmmu = test_mmmu.parquet_folder(tmp_path / "MMMU")
-    mathvista = test_mathvista.parquet_folder(tmp_path)
+    mmmu = mmmu_folder(tmp_path / "MMMU")
+    mathvista = mathvista_folder(tmp_path)
     cfg = load_config(EvalConfig, None, [
         f"checkpoints=[{{name: base, path: {tiny['dense']}}}]", f"output_dir={tmp_path / 'out'}",
         f"tasks=[{{name: mmmu_val, data: {mmmu}}}, {{name: mathvista_testmini, data: {mathvista}}}]",
@@ -23,7 +24,8 @@ def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
     rows = {r["task"]: r for r in evaluate(cfg)}
     assert rows["mmmu_val"]["n"] == 2 and rows["mmmu_val"]["metric"] == "accuracy"
     assert {"subject/Art", "subject/Art_Theory"} <= set(rows["mmmu_val"]["breakdown"])
-    assert rows["mathvista_testmini"]["n"] == len(test_mathvista.ROWS)
+    assert rows["mathvista_testmini"]["n"] == len(MATHVISTA_ROWS)
+    assert rows["mathvista_testmini"]["metric"] == "accuracy"
     assert any(k.startswith("task/") for k in rows["mathvista_testmini"]["breakdown"])
     # Whatever the random tiny model says: an unparsed answer scores 0 (no random-letter guess).
     for task in ("mmmu_val", "mathvista_testmini"):
@@ -39,10 +41,10 @@ def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
 def test_grounding_end_to_end(tmp_path, tiny):
     from eval.runner import evaluate
 
-    refcoco = test_eval_grounding.refcoco_folder(tmp_path)
+    refcoco = refcoco_folder(tmp_path)
     screens = tmp_path / "screens"
     screens.mkdir()
-    screenspot = test_eval_grounding.screenspot_file(screens)
+    screenspot = screenspot_file(screens)
     cfg = load_config(EvalConfig, None, [
         f"checkpoints=[{{name: base, path: {tiny['moe']}}}]", f"output_dir={tmp_path / 'out'}",
         f"tasks=[{{name: refcoco_testA, data: {refcoco}}}, {{name: screenspot_v2, data: {screenspot}}}]",

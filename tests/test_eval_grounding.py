@@ -3,45 +3,19 @@ predictions in Qwen3-VL's relative [0, 1000) coordinates, first box only."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
-from PIL import Image
 
 from data.boxes import box_to_relative, point_to_relative
 from eval.config import TaskSpec
 from eval.tasks import get_task
-
-
-def png(size) -> dict:
-    buf = io.BytesIO()
-    Image.new("RGB", size, "white").save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
+from tests.helpers.benchmark_data import refcoco_folder, screenspot_file
 
 
 @pytest.fixture
 def refcoco(tmp_path):
     return refcoco_folder(tmp_path)
-
-
-def refcoco_folder(tmp_path):
-    """lmms-lab/RefCOCO testA: parquet shards plus the card naming the splits."""
-    from datasets import Dataset, Features, Image as HFImage, List, Value
-
-    features = Features({"question_id": Value("string"), "image": HFImage(),
-                         "question": Value("string"), "answer": List(Value("string")),
-                         "segmentation": List(Value("float32")), "bbox": List(Value("float32")),
-                         "iscrowd": Value("int8"), "file_name": Value("string")})
-    rows = {"question_id": ["q7"], "image": [png((400, 200))], "question": ["caption it"],
-            "answer": [["man on the left", "left guy"]], "segmentation": [[0.0] * 8],
-            "bbox": [[40, 20, 100, 160]], "iscrowd": [0], "file_name": ["COCO_1.jpg"]}
-    folder = tmp_path / "RefCOCO"
-    (folder / "data").mkdir(parents=True)
-    Dataset.from_dict(rows, features=features).to_parquet(str(folder / "data/testA-00000-of-00001.parquet"))
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
-                                      "  - split: testA\n    path: data/testA-*\n---\n")
-    return folder
 
 
 def test_refcoco_loads_one_sample_per_expression_and_scores_iou(refcoco):
@@ -63,15 +37,6 @@ def test_refcoco_loads_one_sample_per_expression_and_scores_iou(refcoco):
     ]
     for prediction, expected in cases:
         assert task.score(prediction, samples[0]) == expected, prediction
-
-
-def screenspot_file(tmp_path):
-    """ScreenSpot-v2's layout: one JSON list per platform beside the screenshots."""
-    Image.new("RGB", (1000, 500), "white").save(tmp_path / "web_3.png")
-    records = [{"img_filename": "web_3.png", "bbox": [600, 100, 200, 50], "instruction": "Sign in",
-                "data_type": "text", "data_source": "shop"}]
-    (tmp_path / "screenspot_web.json").write_text(json.dumps(records))
-    return tmp_path / "screenspot_web.json"
 
 
 def test_screenspot_point_or_box_centre_in_the_element(tmp_path):

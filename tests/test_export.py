@@ -5,19 +5,15 @@ model's logits (within 1e-5) and greedy generation on the verification sample.""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from tests.helpers import launch
 from train.export import SampleOutputs, export, sample_outputs, verify_export
 
-ROOT = Path(__file__).resolve().parents[1]
 ATTN = r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 MLP = r"model\.language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)"
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
@@ -150,23 +146,14 @@ def test_full_finetune_moe_folder_rewritten_in_hub_layout(tiny, processor, tmp_p
         export(ckpt, tmp_path / "export2")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def two_processes(script: str, *args) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(ROOT / "tests/helpers" / script), *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def two_processes(helper: str, *args) -> None:
+    """``torchrun --nproc_per_node 2 -m tests.helpers.HELPER ARGS``."""
+    launch.run(launch.entry(f"tests.helpers.{helper}", nproc=2) + [str(a) for a in args])
 
 
 def zero3_run(model: Path, out: Path, *args) -> Path:
     """2-process gloo ZeRO-3 training run -> its output_dir (see the helper's docstring)."""
-    two_processes("zero3_checkpoint.py", "--model", model, "--out", out, *args)
+    two_processes("zero3_checkpoint", "--model", model, "--out", out, *args)
     return out
 
 
@@ -208,7 +195,7 @@ def test_zero3_autoep_experts_consolidated(tiny, processor, tmp_path):
         moved = (trained[k] - base[k]).abs().max() > 0
         assert moved == (not k.startswith("model.visual")), k  # frozen stays, the rest trained
     # Reloaded under ZeRO-3 zero.Init, where a non-hub expert layout fails (STACK-NOTES pitfall 3).
-    two_processes("zero3_reload.py", tmp_path / "export", tmp_path / "reloaded.pt")
+    two_processes("zero3_reload", tmp_path / "export", tmp_path / "reloaded.pt")
     reloaded, live = torch.load(tmp_path / "reloaded.pt"), live_reference(run)
     assert (reloaded["logits"] - live.logits).abs().max() <= 1e-5
     assert reloaded["generated"] == live.generated

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 
 from eval import leaderboard
 from eval.leaderboard import ENTRY_KEYS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import launch
 
 
 def row(checkpoint: str, task: str, score: float, date: str | None = "2026-11-23T10:00:00Z", **extra) -> dict:
@@ -170,9 +168,7 @@ def test_cli_expect_ahead_exit_code(tmp_path, capsys):
     with pytest.raises(SystemExit):
         leaderboard.main([str(js), "--expect-ahead", "lora"])
     # As scripts/run_demo.py calls it.
-    proc = subprocess.run([sys.executable, "-m", "eval.leaderboard", str(js), "--expect-ahead", "lora:base"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = launch.run(launch.entry("eval.leaderboard") + [str(js), "--expect-ahead", "lora:base"])
     assert "| lora | 45.2 | 90.0 |" in proc.stdout
 
 

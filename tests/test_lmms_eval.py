@@ -15,33 +15,21 @@ import pytest
 from eval.config import CheckpointSpec, EvalConfig, GenerationConfig, TaskSpec
 from eval.lmms_model import MODEL_ID, clean_reply, image_parts
 from eval.runner import evaluate
-from tests.test_docvqa import png
+from tests.helpers.benchmark_data import DOCVQA_PARQUET, docvqa_folder
+from tests.helpers.files import png
 
 ROOT = Path(__file__).resolve().parents[1]
 LMMS_EVAL = Path(sys.executable).with_name("lmms-eval")
-
-
-def docvqa_parquet(folder: Path) -> Path:
-    """lmms-lab/DocVQA columns; the last page's bytes are not an image."""
-    from datasets import Dataset, Features, Image as HFImage, List, Value
-
-    features = Features({"questionId": Value("string"), "question": Value("string"),
-                         "question_types": List(Value("string")), "image": HFImage(),
-                         "docId": Value("int64"), "answers": List(Value("string")),
-                         "data_split": Value("string")})
-    rows = {"questionId": ["101", "102", "103", "104"],
-            "question": ["What is the date?", "Who signed the letter?", "What is the total?",
-                         "What is the title?"],
-            "question_types": [["form"], ["layout"], ["table/list"], ["layout"]],
-            "image": [png((96, 128)), png((128, 96)), png((64, 64)),
-                      {"bytes": b"not a png", "path": None}],
-            "docId": [1, 2, 3, 4],
-            "answers": [["1 May"], ["J. Doe"], ["42"], ["Report"]],
-            "data_split": ["val"] * 4}
-    folder.mkdir(parents=True)
-    path = folder / "validation-00000-of-00001.parquet"
-    Dataset.from_dict(rows, features=features).to_parquet(str(path))
-    return path
+# DocVQA's published columns; the last page's bytes are not an image.
+DOCVQA_ROWS = {
+    "questionId": ["101", "102", "103", "104"],
+    "question": ["What is the date?", "Who signed the letter?", "What is the total?",
+                 "What is the title?"],
+    "question_types": [["form"], ["layout"], ["table/list"], ["layout"]],
+    "image": [png((96, 128)), png((128, 96)), png((64, 64)), {"bytes": b"not a png", "path": None}],
+    "docId": [1, 2, 3, 4],
+    "answers": [["1 May"], ["J. Doe"], ["42"], ["Report"]],
+    "data_split": ["val"] * 4}
 
 
 def docvqa_task(tasks: Path, parquet: Path) -> None:
@@ -76,7 +64,7 @@ metric_list:
 
 
 def test_lmms_eval_cli_runs_a_task_on_our_checkpoint_like_our_harness(tiny, tmp_path):
-    parquet = docvqa_parquet(tmp_path / "DocVQA")
+    parquet = docvqa_folder(tmp_path, DOCVQA_ROWS) / DOCVQA_PARQUET
     docvqa_task(tmp_path / "tasks", parquet)
     out = tmp_path / "lmms_out"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",

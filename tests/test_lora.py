@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
 import torch
 
 from data.encode import SampleEncoder, VisionBudget, collate
 from data.sources import load_llava_json
+from tests.helpers import launch
+from tests.helpers.zero3_param_groups import ZERO3_STEPS, rank_ids, zero3_model
 from train.config import LoraConfig, TrainConfig
 from train.lora import apply_lora
 from train.modeling import load_model
@@ -207,60 +209,11 @@ def test_param_groups_lr_and_weight_decay_per_part(tiny, batch):
 
 # --- DeepSpeed: the groups as model_parameters of a 2-process ZeRO-3 run with expert LoRA ------
 
-ZERO3_STEPS = 3
-ZERO3_LORA = dict(targets=["llm_attn", "experts"], modules_to_save=["language_model.norm"])
-ZERO3_TRAIN = dict(lr=2e-2, weight_decay=0.1)
-
-
-def zero3_model(moe_path: str):
-    model = load_model(moe_path)
-    torch.manual_seed(0)  # the same adapter initialisation in the workers and the reference
-    cfg = TrainConfig(**ZERO3_TRAIN)
-    return apply_lora(model, lora(**ZERO3_LORA), cfg), cfg
-
-
-def rank_ids(rank: int) -> torch.Tensor:
-    return torch.randint(0, 250, (1, 16), generator=torch.Generator().manual_seed(rank))
-
-
-def zero3_worker(moe_path: str, out: str) -> None:
-    """One rank of ``torchrun -m tests.test_lora MOE OUT``: ZeRO-3 steps on this rank's sequence."""
-    import json
-
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo")
-    rank = torch.distributed.get_rank()
-    model, cfg = zero3_model(moe_path)
-    # The config's lr differs from every group's: the groups' own lr must win.
-    ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
-          "gradient_clipping": 1.0,  # DeepSpeed's default too; the reference clips the same way
-          "optimizer": {"type": "AdamW", "params": {"lr": 0.5, "torch_adam": True}}}
-    engine, opt, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg),
-                                             config=ds)
-    losses = []
-    for _ in range(ZERO3_STEPS):
-        loss = engine(input_ids=rank_ids(rank), labels=rank_ids(rank)).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
-    groups = [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups]
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses, "groups": groups}))
-
-
 def test_param_groups_drive_zero3_with_expert_lora(tiny, tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29600 + os.getpid() % 1000), "-m", "tests.test_lora",
-           str(tiny["moe"]), str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    """The groups as model_parameters of a 2-process ZeRO-3 run with expert LoRA
+    (tests/helpers/zero3_param_groups.py): DeepSpeed keeps them and steps like plain AdamW."""
+    launch.run(launch.entry("tests.helpers.zero3_param_groups", nproc=2)
+               + [str(tiny["moe"]), str(tmp_path)], timeout=300)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # DeepSpeed keeps each group's name, lr and weight decay.
     assert sorted(map(tuple, ranks[0]["groups"])) == [("llm", 2e-2, 0.1), ("llm.no_decay", 2e-2, 0.0)]
@@ -280,8 +233,3 @@ def test_param_groups_drive_zero3_with_expert_lora(tiny, tmp_path):
             assert ranks[r]["losses"][step] == pytest.approx(losses[r].item(), rel=1e-5), (step, r)
     assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
 
-
-if __name__ == "__main__":
-    import sys
-
-    zero3_worker(*sys.argv[1:3])

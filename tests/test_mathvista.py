@@ -5,14 +5,12 @@ OpenAI-compatible server; changing it rescores cached predictions without regene
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image
 
 from data.configio import load_config
 from data.media.dataset_images import open_ref
@@ -21,6 +19,8 @@ from eval.config import EvalConfig
 from eval.tasks import get_task
 from eval.tasks.mathvista import MATHVISTA_TASKS, MathVistaTask
 from eval.tasks.mathvista.judge import Judge
+from tests.helpers.benchmark_data import (MATHVISTA_HINT, MATHVISTA_ROWS, mathvista_dataset,
+                                          mathvista_folder)
 
 TASK = MATHVISTA_TASKS[0]
 
@@ -39,82 +39,9 @@ def spec(data, **kw):
                            image_root=None, prompt=kw.get("prompt"), limit=None, vision={})
 
 
-def png(size) -> dict:
-    buf = io.BytesIO()
-    Image.new("RGB", size, "white").save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
-
-
-def meta(task, skills):
-    return {"category": "math-targeted-vqa", "context": "geometry diagram", "grade": "high school",
-            "img_height": 64, "img_width": 96, "language": "english", "skills": skills,
-            "source": "Geometry3K", "split": "testmini", "task": task}
-
-
-HINT = "Hint: Please answer the question and provide the final answer at the end.\nQuestion: "
-ROWS = [  # (pid, question, choices, unit, precision, answer, question_type, answer_type, task, skills)
-    ("1", "Find x.", ["3", "4", "5", "6"], None, None, "5", "multi_choice", "text",
-     "geometry problem solving", ["geometry reasoning", "algebraic reasoning"]),
-    ("2", "How many bars are there?", None, None, None, "7", "free_form", "integer",
-     "figure question answering", ["arithmetic reasoning"]),
-    ("3", "What is the slope?", None, None, 1.0, "0.5", "free_form", "float",
-     "figure question answering", ["algebraic reasoning"]),
-    ("4", "What is the area?", None, "cm^2", 2.0, "12.57", "free_form", "float",
-     "geometry problem solving", ["geometry reasoning"]),
-    ("5", "List the values of the bars.", None, None, None, "[1, 2, 3]", "free_form", "list",
-     "figure question answering", ["statistical reasoning"]),
-]
-
-
-def query(question, choices, qtype, atype, precision):
-    if qtype == "multi_choice":
-        tail = "Choices:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
-        return f"{HINT}{question}\n{tail}"
-    ask = {"integer": "an integer answer", "float": f"a floating-point number with {int(precision or 0)} decimal places",
-           "list": "a Python list answer"}[atype]
-    return f"{HINT}Requires {ask}.\n{question}"
-
-
-def mathvista_dataset(rows=ROWS):
-    """AI4Math/MathVista testmini, exactly the published features."""
-    from datasets import Dataset, Features, Image as HFImage, List, Value
-
-    features = Features({
-        "pid": Value("string"), "question": Value("string"), "image": Value("string"),
-        "decoded_image": HFImage(), "choices": List(Value("string")), "unit": Value("string"),
-        "precision": Value("float64"), "answer": Value("string"), "question_type": Value("string"),
-        "answer_type": Value("string"),
-        "metadata": {"category": Value("string"), "context": Value("string"),
-                     "grade": Value("string"), "img_height": Value("int64"),
-                     "img_width": Value("int64"), "language": Value("string"),
-                     "skills": List(Value("string")), "source": Value("string"),
-                     "split": Value("string"), "task": Value("string")},
-        "query": Value("string")})
-    cols = {k: [] for k in features}
-    for pid, q, choices, unit, precision, answer, qtype, atype, task, skills in rows:
-        for k, v in (("pid", pid), ("question", q), ("image", f"images/{pid}.jpg"),
-                     ("decoded_image", png((96, 64))), ("choices", choices), ("unit", unit),
-                     ("precision", precision), ("answer", answer), ("question_type", qtype),
-                     ("answer_type", atype), ("metadata", meta(task, skills)),
-                     ("query", query(q, choices, qtype, atype, precision))):
-            cols[k].append(v)
-    return Dataset.from_dict(cols, features=features)
-
-
-def parquet_folder(root, rows=ROWS):
-    folder = root / "MathVista" / "data"
-    folder.mkdir(parents=True)
-    mathvista_dataset(rows).to_parquet(str(folder / "testmini-00000-of-00001.parquet"))
-    return folder.parent
-
-
 @pytest.fixture
 def samples(tmp_path):
-    return {s.id: s for s in TASK.load(spec(parquet_folder(tmp_path)))}
-
-
-def test_task_interface():
-    assert TASK.name == "mathvista_testmini" and TASK.metric == "accuracy"
+    return {s.id: s for s in TASK.load(spec(mathvista_folder(tmp_path)))}
 
 
 def test_loads_parquet_with_image_query_prompt_and_breakdown(samples):
@@ -123,7 +50,7 @@ def test_loads_parquet_with_image_query_prompt_and_breakdown(samples):
     content = s.messages[0]["content"]
     assert content[0]["type"] == "image" and len(s.images) == 1
     assert s.images[0].startswith("hfrow://") and open_ref(s.images[0]).size == (96, 64)
-    assert content[1]["text"].startswith(HINT) and content[1]["text"].endswith("(D) 6")
+    assert content[1]["text"].startswith(MATHVISTA_HINT) and content[1]["text"].endswith("(D) 6")
     assert s.answer() == "5"
     assert samples["4"].meta["precision"] == 2.0 and samples["4"].meta["unit"] == "cm^2"
     assert TASK.breakdown(s) == {"task": "geometry problem solving",
@@ -139,9 +66,9 @@ def test_loads_save_to_disk_and_prompt_override(tmp_path):
 
 
 def test_bad_row_names_the_row(tmp_path):
-    rows = ROWS[:1] + [("9", "Q?", None, None, 1.5, "1.2", "free_form", "float", "t", [])]
+    rows = MATHVISTA_ROWS[:1] + [("9", "Q?", None, None, 1.5, "1.2", "free_form", "float", "t", [])]
     with pytest.raises(DataError, match=r"row 1 \(pid 9\).*precision 1.5"):
-        TASK.load(spec(parquet_folder(tmp_path, rows)))
+        TASK.load(spec(mathvista_folder(tmp_path, rows)))
 
 
 @pytest.mark.parametrize("pid, prediction, expected", [
@@ -262,7 +189,7 @@ class CannedGenerator:
 def test_changing_the_judge_rescores_cached_predictions_without_generating(tmp_path):
     from eval.runner import evaluate_task
 
-    data, out, generator = parquet_folder(tmp_path), tmp_path / "eval", CannedGenerator()
+    data, out, generator = mathvista_folder(tmp_path), tmp_path / "eval", CannedGenerator()
     server = ChatServer("C")  # right for pid 1, unreadable for the others
 
     def run(judge: str | None) -> dict:

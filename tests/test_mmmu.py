@@ -3,61 +3,18 @@ save_to_disk copies), and both scorers handle tricky predictions without guessin
 
 from __future__ import annotations
 
-import io
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image
 
 from data.media.dataset_images import open_ref
 from data.samples import DataError
 from eval.tasks.mmmu import MMMU_TASKS, subject
 from eval.tasks.mmmu.scoring import score_choice, score_open
+from tests.helpers.benchmark_data import (MMMU_COLORS, mmmu_folder, mmmu_png, mmmu_rows,
+                                          mmmu_subjects)
 
 TASK = MMMU_TASKS[0]
-COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
-
-
-def png(color: str) -> dict:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), COLORS[color]).save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
-
-
-def mmmu_rows(subject_name: str, rows: list[dict]):
-    """One subject config of MMMU/MMMU, validation split, with the published features."""
-    from datasets import Dataset, Features, Image as HFImage, Value
-
-    features = Features({"id": Value("string"), "question": Value("string"),
-                         "options": Value("string"), "explanation": Value("string"),
-                         **{f"image_{k}": HFImage() for k in range(1, 8)},
-                         "img_type": Value("string"), "answer": Value("string"),
-                         "topic_difficulty": Value("string"), "question_type": Value("string"),
-                         "subfield": Value("string")})
-    full = [{**{f"image_{k}": None for k in range(1, 8)}, "explanation": "", "img_type": "['Plots']",
-             "topic_difficulty": "Easy", "subfield": "misc", **r} for r in rows]
-    return Dataset.from_list(full, features=features)
-
-
-def subjects():
-    art = mmmu_rows("Art", [{
-        "id": "validation_Art_1",
-        "question": "<image 2> Which colour is the square in <image 1>? Compare <image 2>.",
-        "options": "['Red', 'Green', 'Blue']", "answer": "B", "question_type": "multiple-choice",
-        "image_1": png("green"), "image_2": png("red")}])
-    theory = mmmu_rows("Art_Theory", [{
-        "id": "validation_Art_Theory_1", "question": "How many squares are in <image 1>?",
-        "options": "[]", "answer": "['1,200', '1200.0']", "question_type": "open",
-        "image_1": png("blue")}])
-    return {"Art": art, "Art_Theory": theory}
-
-
-def parquet_folder(root):
-    """The hub download's layout: <Subject>/validation-00000-of-00001.parquet."""
-    for name, ds in subjects().items():
-        (root / name).mkdir(parents=True)
-        ds.to_parquet(str(root / name / "validation-00000-of-00001.parquet"))
-    return root
 
 
 def spec(data, **kw):
@@ -70,19 +27,19 @@ def colors(sample) -> list[tuple]:
 
 
 def test_parquet_layout_loads_images_in_tag_order(tmp_path):
-    samples = sorted(TASK.load(spec(parquet_folder(tmp_path / "mmmu"))), key=lambda s: s.id)
+    samples = sorted(TASK.load(spec(mmmu_folder(tmp_path / "mmmu"))), key=lambda s: s.id)
     mc, open_q = samples
     assert [s.id for s in samples] == ["validation_Art_1", "validation_Art_Theory_1"]
     assert [subject(s) for s in samples] == ["Art", "Art_Theory"]
     # <image 2> comes first, then <image 1>; the repeated <image 2> stays as text.
-    assert colors(mc) == [COLORS["red"], COLORS["green"]]
+    assert colors(mc) == [MMMU_COLORS["red"], MMMU_COLORS["green"]]
     assert mc.prompt_messages()[0]["content"] == [
         {"type": "text", "text": "Question: "}, {"type": "image"},
         {"type": "text", "text": " Which colour is the square in "}, {"type": "image"},
         {"type": "text", "text": "? Compare <image 2>.\nOptions:\nA. Red\nB. Green\nC. Blue\n"
                                  "Answer with the option's letter from the given choices directly."}]
     assert mc.answer() == "B"
-    assert colors(open_q) == [COLORS["blue"]]
+    assert colors(open_q) == [MMMU_COLORS["blue"]]
     assert open_q.prompt_messages()[0]["content"][-1]["text"] == (
         "?\nAnswer the question using a single word or phrase.")
     assert open_q.meta["answers"] == ["1,200", "1200.0"]
@@ -94,7 +51,7 @@ def test_parquet_layout_loads_images_in_tag_order(tmp_path):
 def test_save_to_disk_and_prompt_override(tmp_path):
     from datasets import DatasetDict, concatenate_datasets
 
-    ds = concatenate_datasets(list(subjects().values()))
+    ds = concatenate_datasets(list(mmmu_subjects().values()))
     DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "saved"))
     samples = TASK.load(spec(tmp_path / "saved", prompt="{question_type}: {question}|{options}"))
     assert len(samples) == 2
@@ -108,7 +65,7 @@ def test_save_to_disk_and_prompt_override(tmp_path):
 def test_bad_rows_name_the_row(tmp_path):
     ds = mmmu_rows("Art", [{"id": "validation_Art_1", "question": "See <image 3>.",
                             "options": "['a', 'b']", "answer": "A",
-                            "question_type": "multiple-choice", "image_1": png("red")}])
+                            "question_type": "multiple-choice", "image_1": mmmu_png("red")}])
     ds.to_parquet(str(tmp_path / "validation-00000-of-00001.parquet"))
     with pytest.raises(DataError, match=r"row 0 \(id validation_Art_1\).*image_3 is empty"):
         TASK.load(spec(tmp_path))

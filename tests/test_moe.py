@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from data.encode import SampleEncoder, VisionBudget, collate
 from data.sources import load_llava_json
+from tests.helpers import launch
 from train.config import MoeConfig
 from train.modeling import load_model
 from train.moe import (RouterLosses, find_router_sites, load_balancing_loss, load_summary,
@@ -205,13 +202,8 @@ def test_capture_after_deepspeed_autoep_under_zero3_matches_the_plain_model(tiny
     """2 processes, ZeRO-3 + AutoEP (4 of 8 experts per rank): the hooks find AutoEP's router,
     the losses and load equal the plain model's on each rank's batch, and the router gets a
     gradient without the hooks touching its partitioned weight."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(root))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         __file__, str(tiny["moe"]), str(corpus["train"]), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launch.run(launch.entry("tests.helpers.zero3_autoep_router", nproc=2)
+               + [str(tiny["moe"]), str(corpus["train"]), str(tmp_path)])
     for rank in range(2):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert r["sites"] == [[0, "Linear", "TokenChoiceTopKRouter"],
@@ -222,58 +214,3 @@ def test_capture_after_deepspeed_autoep_under_zero3_matches_the_plain_model(tiny
         assert r["load"] == r["plain_load"]
         assert r["router_weight_numel"] == 0  # partitioned by ZeRO-3: never gathered by us
         assert r["router_grad_norm"] > 0
-
-
-def _autoep_worker(ckpt: str, train_json: str, out_dir: str) -> None:
-    import deepspeed
-    from deepspeed.utils import safe_get_full_grad
-    from transformers import AutoProcessor
-
-    deepspeed.init_distributed("gloo")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    processor = AutoProcessor.from_pretrained(ckpt)
-    enc = SampleEncoder(processor, VisionBudget(64 * 64, 128 * 128))
-    samples = load_llava_json(train_json)[2 * rank:2 * rank + 2]
-    batch = collate([enc.encode(s) for s in samples], processor.tokenizer.pad_token_id)
-    cfg = MoeConfig(z_loss_coef=0.01)
-
-    plain = load_model(ckpt).train()
-    router = RouterLosses.attach(plain, cfg)
-    plain(**batch)
-    want, want_load = router.loss(), router.pop_load()
-
-    model = load_model(ckpt)
-    ds_config = {
-        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": 3},
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-        "expert_parallel": {
-            "enabled": True, "autoep_size": world, "use_grouped_mm": True, "top_k": 2,
-            "moe_layer_pattern": r"model\.language_model\.layers\.\d+\.mlp",
-            "router_pattern": "gate", "expert_pattern": "experts", "num_experts_attr": "num_experts",
-            "expert_w1": "gate_up_proj", "expert_w2": "down_proj", "expert_w3": None,
-            "score_func": "softmax", "route_norm": True, "has_shared_experts": False}}
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=ds_config)
-    router = RouterLosses.attach(engine.module, cfg)
-    engine.train()
-    out = engine(**batch)
-    got = router.loss()
-    load = router.pop_load()
-    engine.backward(out.loss + got.total)
-    weight = router.sites[0].logits_module.weight
-    result = {
-        "sites": [[s.layer, type(s.logits_module).__name__, type(s.choice_module).__name__]
-                  for s in router.sites],
-        "local_experts": [m.num_local_experts for m in engine.module.modules()
-                          if getattr(m, "_is_autoep_layer", False)],
-        "aux": got.aux, "z": got.z, "plain_aux": want.aux, "plain_z": want.z,
-        "load": load.tolist(), "plain_load": want_load.tolist(),
-        "router_weight_numel": weight.numel(),
-        "router_grad_norm": safe_get_full_grad(weight).norm().item(),
-    }
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-
-
-if __name__ == "__main__":  # the AutoEP worker, launched by torchrun from the test above
-    _autoep_worker(*sys.argv[1:4])

@@ -13,7 +13,7 @@ from data.encode import SampleEncoder, VisionBudget, collate
 from data.packing import collate_packed, pack_rows
 from data.positions import mrope_positions
 from data.sources import load_llava_json
-from tests.test_data import write_json
+from tests.helpers.files import write_json
 
 MERGE = 2
 

@@ -3,19 +3,13 @@ losses as encoding on the fly, packed rows included; a stale cache is refused at
 
 from __future__ import annotations
 
-import json
-
 import yaml
 
 from data.__main__ import main as data_main
-from tests.helpers.launch import TRAIN_CONFIG, run_train
+from tests.helpers.launch import TRAIN_CONFIG, losses, run_train
 
 PACKED = ("train.max_steps=3", "train.batch_size=1", "train.grad_accum=2", "data.packing=true",
           "data.pack_tokens=1024")
-
-
-def losses(out) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").open())}
 
 
 def test_training_on_a_prepared_cache_equals_encoding_on_the_fly(tiny, corpus, tmp_path):

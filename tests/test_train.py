@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import launch
-from tests.helpers.launch import TRAIN_CONFIG
+from tests.helpers.launch import TRAIN_CONFIG, losses, metrics
 
 
 def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, config=TRAIN_CONFIG,
@@ -21,11 +21,6 @@ def run_train(tiny, corpus, out: Path, *overrides, nproc: int = 1, check=True, c
                             config=config, faults=faults, check=check)
 
 
-def losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
-
-
 def test_lora_run_saves_adapter_checkpoints_and_metrics(tiny, corpus, tmp_path):
     out = tmp_path / "run"
     run_train(tiny, corpus, out, "train.max_steps=4", "train.save_every=2", "train.keep_last=1")
@@ -34,7 +29,7 @@ def test_lora_run_saves_adapter_checkpoints_and_metrics(tiny, corpus, tmp_path):
     assert (out / "final/processor_config.json").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # keep_last=1
     assert not list(out.glob(".tmp-*"))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in rows)
     assert rows[-1]["lr"] == 0.0  # linear/cosine decay reaches 0 at max_steps
@@ -122,7 +117,7 @@ def test_packed_mixture_trains_and_resumes_with_identical_losses(tiny, corpus, t
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
-    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(full)
     assert all(700 < r["tokens_per_step"] <= 2 * 1024 for r in rows)  # two well-filled rows per step
 
 
@@ -130,7 +125,7 @@ def test_nan_loss_step_is_skipped_or_stops_the_run(tiny, corpus, tmp_path):
     skip = tmp_path / "skip"
     proc = run_train(tiny, corpus, skip, "train.max_steps=3", faults=("--nan-steps", "2"))
     assert "step 2: non-finite loss; step skipped" in proc.stdout
-    rows = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(skip)
     assert [r["nan_steps_skipped"] for r in rows] == [0, 1, 1]
     assert rows[1]["loss"] is None and rows[2]["loss"] > 0
     assert rows[1]["lr"] == rows[0]["lr"] != rows[2]["lr"]  # the skipped step left the schedule

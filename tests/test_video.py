@@ -4,7 +4,6 @@ the tiny model, and broken videos become bad samples that name the file."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -20,6 +19,7 @@ from data.planner import TokenPlanner, processor_video_tokens
 from data.samples import BadSampleLog, DataError
 from data.sources import load_source
 from data.tools.synthetic import write_grey_video
+from tests.helpers.files import write_json, write_jsonl
 
 FRAME_W, FRAME_H = 64, 48
 
@@ -27,11 +27,6 @@ FRAME_W, FRAME_H = 64, 48
 def write_video(path, n_frames=31, fps=10, codec="mpeg4", width=FRAME_W, height=FRAME_H, gop=None):
     """Frame i is a flat grey of level 8 * i (mod 256), so a decoded frame tells its index."""
     return write_grey_video(path, n_frames, fps, codec, width, height, gop=gop)
-
-
-def write_json(path, records):
-    path.write_text(json.dumps(records))
-    return path
 
 
 def llava(video, question="What happens?", answer="A fade.", **extra):
@@ -182,7 +177,7 @@ def decode_every_frame(path, frame_plan) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def test_clips(clip, tmp_path_factory):
+def clips(clip, tmp_path_factory):
     """Every clip the tests decode (containers, codecs, short and long groups of pictures)."""
     root = tmp_path_factory.mktemp("clips")
     clips = [clip, write_video(root / "long.mkv", n_frames=60, fps=20, codec="libx264"),
@@ -205,8 +200,8 @@ def frame_plans(path, seed: int) -> list:
     return [video_lib.FramePlan(indices, 32, 32, info.fps, n) for indices in spreads]
 
 
-def test_seeking_decode_equals_decoding_every_frame(test_clips):
-    for seed, path in enumerate(test_clips):
+def test_seeking_decode_equals_decoding_every_frame(clips):
+    for seed, path in enumerate(clips):
         for frame_plan in frame_plans(path, seed):
             got = video_lib.decode(video_lib.VideoRef(str(path)), frame_plan)
             assert got.dtype == torch.uint8
@@ -324,8 +319,7 @@ def test_planner_equals_encoding_across_budgets_and_sources(processor, clip, tmp
                                          {"type": "text", "text": "Compare."}]},
             {"role": "assistant", "content": "Same."}]},
     ]
-    data = tmp_path / "chat.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in records))
+    data = write_jsonl(tmp_path / "chat.jsonl", records)
     samples = load_source("messages", data)
     assert [len(s.videos) for s in samples] == [1, 2]
     assert [p.rsplit("_", 1)[1] for p in samples[1].videos[0].source] == \
@@ -471,8 +465,7 @@ def test_messages_video_part_problems(clip, tmp_path):
                record({"type": "video", "video": [str(clip)], "fps": 1}),
                record({"type": "video", "video": 7}),
                record({"type": "video", "video": str(clip)}, role="assistant")]
-    data = tmp_path / "chat.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in records))
+    data = write_jsonl(tmp_path / "chat.jsonl", records)
     bad = BadSampleLog("skip")
     assert load_source("messages", data, bad=bad) == []
     reasons = [r.reason for r in bad.records]

@@ -1,10 +1,11 @@
-"""OpenAI-style ``messages`` records: text, image paths, file:// and base64 data URIs."""
+"""``format: messages`` (data/sources/chat.py): OpenAI-style chat records with text, image paths,
+file:// and base64 data URIs; bad parts and roles named; reasoning learned with the Thinking
+template only."""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 
 import pytest
 from PIL import Image
@@ -13,17 +14,13 @@ from data.encode import SampleEncoder, VisionBudget
 from data.planner import TokenPlanner
 from data.samples import BadSampleLog, DataError
 from data.sources import load_source
+from tests.helpers.files import write_jsonl
 
 
 def data_uri(color="red", size=(64, 32)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def write_jsonl(path, records):
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return path
 
 
 def test_messages_records_become_samples_that_encode(tmp_path, processor):

@@ -1,5 +1,6 @@
-"""Per-sample budgets: a sample over data.max_seq_len / data.max_visual_tokens is shrunk (its
-visuals scaled down until it fits, text never cut) or dropped with a reason."""
+"""Per-sample budgets in the training corpus (data/corpus.py): a sample over data.max_seq_len /
+data.max_visual_tokens is shrunk (its visuals scaled down until it fits, text never cut) or
+dropped with a reason."""
 
 from __future__ import annotations
 

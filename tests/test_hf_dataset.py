@@ -1,5 +1,6 @@
-"""``format: hf_dataset``: local parquet and save_to_disk datasets in published layouts (DocVQA,
-ChartQA, chat columns) become samples that encode; images stay lazy ``hfrow://`` references."""
+"""``format: hf_dataset`` (data/sources/hf_dataset.py): local parquet and save_to_disk datasets
+in published layouts (DocVQA, ChartQA, chat columns) become samples that encode; images stay
+lazy ``hfrow://`` references."""
 
 from __future__ import annotations
 
@@ -17,14 +18,9 @@ from data.media.images import image_size, load_image
 from data.planner import TokenPlanner
 from data.samples import BadSampleLog, DataError
 from data.sources import load
+from tests.helpers.files import png
 
 BUDGET = VisionBudget(64 * 64, 256 * 256)
-
-
-def png(color, size) -> dict:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
 
 
 def docvqa_parquet(folder):
@@ -35,8 +31,8 @@ def docvqa_parquet(folder):
     rows = {"questionId": ["q0", "q1", "q2", "q3", "q4"],
             "question": ["What is the title?", "Who signed?", "Date?", "Total?", "Page?"],
             "question_types": [["layout"], ["handwritten"], ["others"], ["table"], ["others"]],
-            "image": [png("white", (96, 128)), png("gray", (160, 64)), None,
-                      png("white", (64, 64)), png("white", (64, 64))],
+            "image": [png((96, 128), "white"), png((160, 64), "gray"), None,
+                      png((64, 64), "white"), png((64, 64), "white")],
             "docId": [1, 2, 3, 4, 5],
             "answers": [["ITC Limited", "itc limited"], ["J. Smith"], ["1999"], [], [""]]}
     folder.mkdir(parents=True)
@@ -51,7 +47,7 @@ def test_subset_picks_a_config_of_a_local_hub_snapshot(tmp_path):
     root = tmp_path / "snapshot"
     docvqa_parquet(root / "DocVQA")
     Dataset.from_dict({"questionId": ["i0"], "question": ["Which year?"], "answers": [["2001"]],
-                       "image": [png("white", (64, 64))]},
+                       "image": [png((64, 64), "white")]},
                       features=Features({"questionId": Value("string"), "question": Value("string"),
                                          "answers": List(Value("string")), "image": HFImage()})
                       ).to_parquet(str(root / "InfographicVQA" / "validation-0.parquet"))
@@ -71,7 +67,7 @@ def chartqa_disk(folder):
     """HuggingFaceM4/ChartQA layout (image, query, label list, human_or_machine)."""
     features = Features({"image": HFImage(), "query": Value("string"),
                          "label": List(Value("string")), "human_or_machine": Value("int64")})
-    split = {"image": [png("red", (128, 96)), png("blue", (96, 96))],
+    split = {"image": [png((128, 96), "red"), png((96, 96), "blue")],
              "query": ["Highest bar?", "How many bars?"], "label": [["Red"], ["4"]],
              "human_or_machine": [0, 1]}
     DatasetDict({"train": Dataset.from_dict(split, features=features),
@@ -164,7 +160,7 @@ CHAT_LAYOUTS = {
 @pytest.mark.parametrize("layout", sorted(CHAT_LAYOUTS))
 def test_chat_column_goes_through_the_json_converters(tmp_path, processor, layout):
     good = CHAT_LAYOUTS[layout]
-    images = [[png("red", (64, 64)), png("blue", (96, 64))], [png("red", (64, 64))]]
+    images = [[png((64, 64), "red"), png((96, 64), "blue")], [png((64, 64), "red")]]
     ds = Dataset.from_dict({layout: [good, good], "images": images})
     # A single saved Dataset (no split folders), images embedded as on the hub.
     ds.cast_column("images", List(HFImage())).save_to_disk(str(tmp_path / "chat"))
