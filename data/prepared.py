@@ -23,6 +23,7 @@ The folder holds:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -171,11 +172,15 @@ class PreparedDataset(torch.utils.data.Dataset):
         info = self.info(i)
         return BadSample(info["file"], info["index"], info["id"], reason, info["source"])
 
-    @property
+    @functools.cached_property
     def lengths(self) -> list[int]:
         return [int(n) for n in self.dataset.with_format(None)["length"]]
 
     def sizes(self) -> list[int]:
+        return self._sizes
+
+    @functools.cached_property
+    def _sizes(self) -> list[int]:
         """Rows per configured source, in config order (the order prepare wrote them in)."""
         names = self.dataset.with_format(None)["source"]
         order = {s.name: k for k, s in enumerate(self.sources)}
