@@ -112,8 +112,7 @@ def stale_reasons(out_dir: str | Path, cfg: DataConfig, processor_path: str) -> 
     if manifest.get("format_version") != FORMAT_VERSION:
         return [f"cache format {manifest.get('format_version')} != {FORMAT_VERSION}"]
     config, built = encoding_config(cfg), manifest["config"]
-    changed = sorted(k for k in set(config) | set(built)
-                     if k not in BATCHING_KEYS and config.get(k) != built.get(k))
+    changed = sorted(k for k in set(config) | set(built) if config.get(k) != built.get(k))
     if changed:
         reasons.append(f"data config differs in: {', '.join(changed)}")
     if os.path.abspath(processor_path) != manifest["processor"]:
