@@ -1,7 +1,16 @@
 """``python -m data SUBCOMMAND``: data tools.
 
   synth    write the synthetic VQA / grounding / document corpus (LLaVA JSON + PNG images)
-  check    read a training file (LLaVA JSON or messages JSONL), report bad samples
+  check    PATH [--format F] [--image-root DIR] [--video-root DIR] [--decode] [--out DIR]
+           read a data file in any source format and open every image header (and probe every
+           video), reporting each sample training would reject and why; or
+           CONFIG.yaml [key=value ...] [--model PATH] [--decode] [--out DIR]: the config's data
+           read and planned exactly as training reads it (same reasons). --decode also decodes
+           every image and video (finds truncated JPEGs and undecodable frames). --out writes
+           DIR/bad_samples.jsonl. Exit 0: all good; 1: some samples are bad.
+  convert  PATH --format F [--image-root DIR] [--video-root DIR] --out FILE.jsonl
+           write any readable source as our canonical messages JSONL (content parts, media
+           paths made absolute); samples that cannot be read are reported, not written
   stats    CONFIG [key=value ...] --out DIR [--model PATH] [--limit N]
            per source and in total: samples, bad samples per reason, text / visual / total
            token percentiles (p50/p90/p99/max, planned from media headers, no pixel decoding),
@@ -86,11 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--train-per-task", type=int, default=1000)
     synth.add_argument("--eval-per-task", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
-    check = sub.add_parser("check", help="validate a training data file")
-    check.add_argument("path")
-    check.add_argument("--format", default="llava_json",
-                       help="a source format of data.sources.FORMATS (llava_json, messages, ...)")
-    check.add_argument("--image-root", default=None)
+    check = sub.add_parser("check", help="report every sample training would reject")
+    check.add_argument("path", help="a data file (with --format), or a config YAML")
+    check.add_argument("overrides", nargs="*", help="config mode: key=value overrides")
+    _add_source_args(check)
+    check.add_argument("--model", default=None,
+                       help="config mode: checkpoint folder holding the processor (default: "
+                            "model.path)")
+    check.add_argument("--decode", action="store_true",
+                       help="also decode every image and video fully (slower)")
+    check.add_argument("--out", default=None, help="write OUT/bad_samples.jsonl")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert = sub.add_parser("convert", help="write a source as canonical messages JSONL")
+    convert.add_argument("path")
+    _add_source_args(convert)
+    convert.add_argument("--out", required=True, help="the JSONL file to write")
     stats = sub.add_parser("stats", help="token counts, budget hits and bad samples of a config")
     _add_config_args(stats)
     stats.add_argument("--limit", type=int, default=None, help="at most N samples per source")
@@ -106,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--num-proc", type=int, default=1, help="encoding processes")
     # Overrides may come before or after options; argparse leaves the later ones over.
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command in ("synth", "check") or any(e.startswith("-") or "=" not in e
-                                                             for e in extra)):
+    if extra and (args.command in ("synth", "convert") or any(e.startswith("-") or "=" not in e
+                                                               for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra
@@ -121,25 +140,107 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check":
         return _check(args)
+    if args.command == "convert":
+        return _convert(args)
     return _run_tool(args)
 
 
-def _check(args) -> int:
-    from data.samples import BadSampleLog, DataError
-    from data.sources import load_source
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", default="llava_json",
+                        help="a source format of data.sources.FORMATS (llava_json, messages, ...)")
+    parser.add_argument("--image-root", default=None,
+                        help="folder relative image paths resolve against (default: the file's)")
+    parser.add_argument("--video-root", default=None,
+                        help="folder relative video paths resolve against (default: image root)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="allow relative media paths that resolve outside their root")
 
-    bad = BadSampleLog("skip")
+
+def _source(args):
+    """The SourceConfig a file-mode command reads (ValueError on bad settings)."""
+    from data.config import SourceConfig
+
+    return SourceConfig(path=args.path, format=args.format, image_root=args.image_root,
+                        video_root=args.video_root, allow_outside_root=args.allow_outside_root)
+
+
+def _check(args) -> int:
+    from data.samples import BadSampleFile, DataError
+    from data.tools import check
+
+    is_config = Path(args.path).suffix in (".yaml", ".yml")
+    if args.overrides and not is_config:
+        print(f"config error: key=value overrides need a config YAML, not {args.path}",
+              file=sys.stderr)
+        return 2
+    progress = not args.no_progress
     try:
-        samples = load_source(args.format, args.path, args.image_root, bad)
+        if is_config:
+            from data.configio import ConfigError
+
+            try:
+                cfg, model = load_tool_config(args.path, args.overrides, args.model)
+                processor = _load_processor(model)
+            except (ConfigError, OSError, ValueError) as e:
+                print(f"config error: {e}", file=sys.stderr)
+                return 2
+            results = check.check_config(cfg, processor, args.decode, progress)
+        else:
+            try:
+                source = _source(args)
+            except ValueError as e:
+                print(f"config error: {e}", file=sys.stderr)
+                return 2
+            results = {source.name: check.check_file(source, args.decode, progress)}
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 3
-    print(f"[data] {args.path}: {len(samples)} good samples, {len(bad.records)} bad")
-    if bad.records:
-        print(bad.report(len(samples)))
-        for record in bad.records[3:]:
-            print(f"  {record}")
+    bad = [r for result in results.values() for r in result.bad]
+    repaired = [r for result in results.values() for r in result.repaired]
+    for name, result in results.items():
+        print(f"[data] {name}: {len(result.good)} good samples, {len(result.bad)} bad, "
+              f"{len(result.repaired)} used after a repair")
+    for record in bad:
+        print(f"  bad: {record}")
+    for record in repaired:
+        print(f"  repaired: {record}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        out = BadSampleFile(Path(args.out) / "bad_samples.jsonl", mode="w")
+        out.write(bad, stage="read")
+        out.write(repaired, stage="repaired")
+        print(f"[data] wrote {out.path}")
+    return 1 if bad else 0
+
+
+def _convert(args) -> int:
+    from data.samples import DataError
+    from data.tools.convert import convert
+
+    try:
+        source = _source(args)
+    except ValueError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        written, bad = convert(source, args.out)
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 3
+    print(f"[data] wrote {written} samples to {args.out}; {len(bad.records)} could not be read")
+    for record in bad.records:
+        print(f"  bad: {record}")
     return 1 if bad.records else 0
+
+
+def _load_processor(model: str):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load a processor from {model!r} ({e}); pass --model with a "
+                         "checkpoint folder") from None
 
 
 def _run_tool(args) -> int:
@@ -153,12 +254,9 @@ def _run_tool(args) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
-        from transformers import AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        print(f"config error: cannot load a processor from {model!r} ({e}); pass --model with a "
-              "checkpoint folder", file=sys.stderr)
+        processor = _load_processor(model)
+    except ValueError as e:
+        print(f"config error: {e}", file=sys.stderr)
         return 2
     progress = not args.no_progress
     try:

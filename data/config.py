@@ -12,8 +12,8 @@ MIN_SIDE = 32  # Qwen3-VL: patch 16 x merge 2; resized sides are multiples of th
 
 # The formats a source may name: the readers registered in data.sources.FORMATS (a test keeps
 # the two equal; the config does not import the readers).
-SourceFormat = Literal["llava_json", "messages", "pdf", "page_images", "hf_dataset", "coco",
-                       "refcoco", "screenspot"]
+SourceFormat = Literal["llava_json", "sharegpt", "messages", "alpaca", "swift", "llamafactory",
+                       "pdf", "page_images", "hf_dataset", "coco", "refcoco", "screenspot"]
 SOURCE_FORMATS = typing.get_args(SourceFormat)
 
 
@@ -90,14 +90,20 @@ class SourceConfig:
 
     path: str = field(default="", metadata={
         "help": "a file or a folder; for hf_dataset a hub id, a parquet file or a save_to_disk "
-                "folder (required)"})
+                "folder; for llamafactory a dataset_info.json or its folder (required)"})
     format: SourceFormat = field(default="llava_json", metadata={
         "help": "the reader of path (data/sources/)"})
     name: str = field(default="", metadata={
-        "help": "the source's name in reports and stats; default: the path's stem"})
+        "help": "the source's name in reports and stats; default: the path's stem (llamafactory: "
+                "the subset)"})
     image_root: str | None = field(default=None, metadata={
-        "help": "folder that relative media paths resolve against; default: the data file's "
-                "folder"})
+        "help": "folder that relative image paths resolve against; default: the data file's "
+                "folder (llamafactory: the dataset_info.json folder)"})
+    video_root: str | None = field(default=None, metadata={
+        "help": "folder that relative video paths resolve against; default: image_root"})
+    allow_outside_root: bool = field(default=False, metadata={
+        "help": "relative media paths that resolve outside their root (image_root / "
+                "video_root) are refused unless true"})
     weight: float = field(default=1.0, metadata={
         "help": "relative sampling weight in the mixture (> 0)"})
     max_samples: int | None = field(default=None, metadata={
@@ -125,7 +131,8 @@ class SourceConfig:
         "help": "pdf: page range, e.g. \"1-3,7\"; null: all pages"})
     subset: str | None = field(default=None, metadata={
         "help": "hf_dataset, refcoco, screenspot (read through `datasets`): the dataset's config "
-                "name (the hub \"subset\", e.g. DocVQA of lmms-lab/DocVQA); null: its default"})
+                "name (the hub \"subset\", e.g. DocVQA of lmms-lab/DocVQA); null: its default. "
+                "llamafactory: the dataset's name in dataset_info.json (null: its only entry)"})
     # The published layouts differ (see data/sources/grounding.py): xywh for coco, refcoco and
     # ScreenSpot v1/v2 JSON; xyxy_norm for ScreenSpot read through datasets, as the hub mirrors
     # store it; ScreenSpot-Pro's JSON needs xyxy.
@@ -154,16 +161,21 @@ class SourceConfig:
             if self.format not in ("coco", "refcoco", "screenspot"):
                 raise ValueError(f"source {self.path}: box_format is read by the grounding "
                                  f"formats coco, refcoco and screenspot, not {self.format}")
-        if self.subset is not None and self.format not in ("hf_dataset", "refcoco", "screenspot"):
-            raise ValueError(f"source {self.path}: subset names a datasets config; formats "
-                             f"hf_dataset, refcoco and screenspot read one, not {self.format}")
+        if self.subset is not None and self.format not in ("hf_dataset", "refcoco", "screenspot",
+                                                           "llamafactory"):
+            raise ValueError(f"source {self.path}: subset names a datasets config (or a "
+                             f"llamafactory dataset_info entry); formats hf_dataset, refcoco, "
+                             f"screenspot and llamafactory read one, not {self.format}")
+        if not self.name and self.format == "llamafactory" and self.subset:
+            self.name = self.subset  # the dataset's name, not "dataset_info"
         if not self.name:
             self.name = self.path.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or self.path
 
 
 @dataclass
 class DataConfig:
-    """What to train on. One source: ``train`` (+ ``format``, ``image_root``); a mixture:
+    """What to train on. One source: ``train`` (+ ``format``, ``image_root``, ``video_root``,
+    ``allow_outside_root``); a mixture:
     ``sources``, a list of ``data.config.SourceConfig`` (path, format, weight, own budget...)."""
 
     train: str = field(default="", metadata={
@@ -171,8 +183,14 @@ class DataConfig:
     format: SourceFormat = field(default="llava_json", metadata={
         "help": "the reader of data.train (data/sources/)"})
     image_root: str | None = field(default=None, metadata={
-        "help": "folder that data.train's relative media paths resolve against; default: the "
+        "help": "folder that data.train's relative image paths resolve against; default: the "
                 "data file's folder"})
+    video_root: str | None = field(default=None, metadata={
+        "help": "folder that data.train's relative video paths resolve against; default: "
+                "data.image_root"})
+    allow_outside_root: bool = field(default=False, metadata={
+        "help": "relative media paths of data.train that resolve outside their root are "
+                "refused unless true"})
     sources: list[SourceConfig] = field(default_factory=list, metadata={
         "help": "a mixture: one entry per corpus (set this or data.train)"})
     vision: VisionBudget = field(default_factory=VisionBudget, metadata={
@@ -226,7 +244,9 @@ class DataConfig:
 
     def source_configs(self) -> list[SourceConfig]:
         if self.train:
-            return [SourceConfig(path=self.train, format=self.format, image_root=self.image_root)]
+            return [SourceConfig(path=self.train, format=self.format, image_root=self.image_root,
+                                 video_root=self.video_root,
+                                 allow_outside_root=self.allow_outside_root)]
         return self.sources
 
     def budget(self, source: SourceConfig) -> VisionBudget:

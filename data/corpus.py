@@ -21,7 +21,7 @@ from data.config import DataConfig, SourceConfig, VisionBudget
 from data.encode import SampleEncoder
 from data.mixture import Mixture
 from data.planner import TokenPlanner
-from data.samples import BadSample, BadSampleLog, DataError, Sample
+from data.samples import BadSample, BadSampleLog, DataError, Sample, SampleError, reason_of
 from data.sources import load
 
 
@@ -101,8 +101,8 @@ def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, 
                 else:
                     problem += " (still over at the smallest vision budget)"
         except (OSError, ValueError) as e:
-            bad.add(BadSample(sample.source, sample.index, sample.id,
-                              f"cannot plan: {type(e).__name__}: {e}"))
+            reason = reason_of(e) if isinstance(e, SampleError) else f"cannot plan: {reason_of(e)}"
+            bad.add(BadSample(sample.source, sample.index, sample.id, reason))
             continue
         if problem:
             bad.add(BadSample(sample.source, sample.index, sample.id, f"over budget: {problem}"))

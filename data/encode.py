@@ -17,6 +17,9 @@ from data.media import video as video_lib
 from data.media.images import load_image
 
 IGNORE_INDEX = -100
+# Key of an encoded example listing the repairs made to use the sample (e.g. video frames that
+# failed to decode, filled); present only when there were some. Consumers pop it and report it.
+REPAIRS = "repairs"
 VIDEO_PAD = "<|video_pad|>"
 VIDEO_SLOT = "<|vision_start|>" + VIDEO_PAD + "<|vision_end|>"  # what the chat template writes
 # (pixels, grid) tensors of each visual kind; batches concatenate them in sample order
@@ -45,21 +48,25 @@ class SampleEncoder:
         # layout the released models never saw. Hand it the bare pad to get the official one.
         text = text.replace(VIDEO_SLOT, VIDEO_PAD)
         images = [load_image(p) for p in image_paths] or None
-        video_inputs = {}
+        video_inputs, repairs = {}, []
         if videos:
             vp = self.processor.video_processor
             loaded = [video_lib.load(v, budget, vp.patch_size, vp.merge_size,
                                      vp.temporal_patch_size) for v in videos]
-            video_inputs = {"videos": [frames for frames, _ in loaded],
+            video_inputs = {"videos": [v.frames for v in loaded],
                             "videos_kwargs": {**video_lib.processor_kwargs(),
-                                              "video_metadata": [meta for _, meta in loaded]}}
-        return self.processor(text=[text], images=images, return_tensors="pt",
-                              images_kwargs=budget.images_kwargs(), **video_inputs)
+                                              "video_metadata": [v.metadata for v in loaded]}}
+            repairs = [f"video {k + 1} ({ref}): {v.filled} of {len(v.frames)} sampled frames "
+                       f"could not be decoded and repeat the frame before them"
+                       for k, (ref, v) in enumerate(zip(videos, loaded)) if v.filled]
+        out = self.processor(text=[text], images=images, return_tensors="pt",
+                             images_kwargs=budget.images_kwargs(), **video_inputs)
+        return out, repairs
 
     def encode(self, sample) -> dict:
         """Training example: full conversation, labels on assistant replies only."""
         text = self.processor.apply_chat_template(sample.messages, tokenize=False)
-        out = self._process(text, sample.images, sample.videos, sample.vision_budget)
+        out, repairs = self._process(text, sample.images, sample.videos, sample.vision_budget)
         ids = out["input_ids"][0]
         if len(ids) > self.max_seq_len:
             # Never truncate: a cut through visual tokens breaks the image/feature match.
@@ -67,12 +74,20 @@ class SampleEncoder:
         labels = self.assistant_labels(ids.tolist())
         if all(label == IGNORE_INDEX for label in labels):
             raise ValueError("no assistant tokens to learn from")
-        return _example(out, torch.tensor(labels))
+        example = _example(out, torch.tensor(labels))
+        if repairs:  # the sample is used; its consumer reports what was repaired (stage "repaired")
+            example[REPAIRS] = repairs
+        return example
 
     def encode_prompt(self, sample) -> dict:
-        """Generation input: everything before the last assistant turn plus the assistant header."""
+        """Generation input: everything before the last assistant turn plus the assistant header.
+        Repairs (filled video frames) are returned under ``REPAIRS`` as for ``encode``."""
         text = prompt_text(self.processor, sample)
-        return _example(self._process(text, sample.images, sample.videos, sample.vision_budget), None)
+        out, repairs = self._process(text, sample.images, sample.videos, sample.vision_budget)
+        example = _example(out, None)
+        if repairs:
+            example[REPAIRS] = repairs
+        return example
 
     def assistant_labels(self, ids: list[int]) -> list[int]:
         labels = [IGNORE_INDEX] * len(ids)

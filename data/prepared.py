@@ -203,8 +203,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             f" (prepared in {self.out_dir})"
 
     def bad_samples(self) -> list[BadSample]:
-        """The samples prepare left out, as it recorded them."""
+        """The samples prepare left out, as it recorded them (not those it kept after a repair)."""
         path = self.out_dir / "bad_samples.jsonl"
         if not path.is_file():
             return []
-        return [BadSample.from_json(json.loads(line)) for line in path.read_text().splitlines()]
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return [BadSample.from_json(row) for row in rows if row.get("stage") != "repaired"]

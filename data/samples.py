@@ -16,13 +16,25 @@ class DataError(ValueError):
     """Bad input that stops a run: names the file, the record and the reason."""
 
 
+class SampleError(ValueError):
+    """A problem with one sample whose message is the whole reason (it names the file and says
+    what is wrong), e.g. ``data.media.images.MediaError``; reports quote it as it is."""
+
+
+def reason_of(error: Exception) -> str:
+    """The reason a bad-sample record gives for ``error``: a ``SampleError``'s own message, else
+    the exception's type and message (an unexpected error says what it was)."""
+    return str(error) if isinstance(error, SampleError) else f"{type(error).__name__}: {error}"
+
+
 # bad_samples.jsonl: one JSON object per line, these keys in this order, written by every tool
 # and by training alike (BadSample.to_json). ``file``: the data file, folder or "dataset [split]"
 # the record came from; ``index``: the record's position there (JSONL: line number - 1; a PDF
 # folder: a running page count); ``id``: the sample id when the record got that far; ``reason``;
 # ``source``: the configured source's name; ``stage``: "read" (found before step 1, while reading
-# and planning) or "encode" (when the sample was encoded); ``rank`` and ``step``: which process
-# and optimizer step met it (training only, else null).
+# and planning), "encode" (when the sample was encoded) or "repaired" (the sample WAS used, after
+# a documented repair the reason names, e.g. video frames that failed to decode were filled);
+# ``rank`` and ``step``: which process and optimizer step met it (training only, else null).
 BAD_SAMPLE_KEYS = ("file", "index", "id", "reason", "source", "stage", "rank", "step")
 
 

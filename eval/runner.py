@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data.encode import REPAIRS
 from eval import leaderboard
 from eval.checkpoints import resolve_checkpoint
 from eval.config import EvalConfig
@@ -160,6 +161,8 @@ def predict_batch(generator, chunk: list, budget, opens_thinking: bool) -> list[
             prepared.append((s, generator.prepare(s, budget)))
         except (OSError, ValueError) as e:
             records.append((s, {"id": s.id, "prediction": "", "error": f"{type(e).__name__}: {e}"}))
+    # What was repaired to use a sample (video frames filled) stays with its prediction.
+    repairs = {id(s): p.pop(REPAIRS) for s, p in prepared if isinstance(p, dict) and REPAIRS in p}
     for s, text in generate_each(generator, prepared):
         if isinstance(text, Exception):
             records.append((s, {"id": s.id, "prediction": "",
@@ -168,6 +171,8 @@ def predict_batch(generator, chunk: list, budget, opens_thinking: bool) -> list[
         record = {"id": s.id, "prediction": text, "answer": s.answer()}
         if thinking_truncated(text, opens_thinking):
             record["thinking_truncated"] = True
+        if id(s) in repairs:
+            record["repairs"] = repairs[id(s)]
         records.append((s, record))
     return records
 

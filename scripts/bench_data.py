@@ -22,7 +22,15 @@
                                       grouped_padding_efficiency: with data.group_by_length
   bad_input_kinds, bad_input_reported, bad_input_crashes
                                       the faulty corpus of data/tools/faults.py read, planned and
-                                      encoded: kinds present, bad samples reported, crashes
+                                      encoded: kinds of hostile input present, handled (a bad
+                                      sample reported with its reason; an EXIF-oriented photo or
+                                      rotated video trained upright; filled video frames on
+                                      record), crashes
+  real_format_fixtures, real_format_fixtures_ok
+                                      small corpora written in the published layouts users bring
+                                      (data/tools/format_fixtures.py: LLaMA-Factory, ms-swift,
+                                      Qwen's demo, LLaVA, OpenAI chats, HF parquet): how many,
+                                      and how many read with every medium and turn in place
 
 Image sizes: log-uniform sides, aspect ratios up to 200:1, 3 budgets. Run with no arguments.
 """
@@ -198,12 +206,29 @@ def packing_figures(processor, videos, n: int, capacity: int = 16384) -> dict:
 
 def bad_input_figures(processor) -> dict:
     from data.config import DataConfig
-    from data.tools.faults import audit, write_faulty_corpus
+    from data.tools.faults import audit, tally, write_faulty_corpus
 
     sources, expected = write_faulty_corpus(Path(tempfile.mkdtemp(prefix="bench_faulty-")))
-    result = audit(DataConfig(sources=sources), processor)
-    return {"bad_input_kinds": len(expected), "bad_input_reported": len(result["bad"]),
-            "bad_input_crashes": len(result["crashes"])}
+    counts = tally(audit(DataConfig(sources=sources), processor), expected)
+    if counts["missed"]:
+        print(f"bad input not handled: {', '.join(counts['missed'])}", file=sys.stderr)
+    return {"bad_input_kinds": counts["kinds"], "bad_input_reported": counts["handled"],
+            "bad_input_crashes": counts["crashes"]}
+
+
+def format_fixture_figures() -> dict:
+    from data.tools.format_fixtures import check_fixture, write_format_fixtures
+
+    fixtures = write_format_fixtures(Path(tempfile.mkdtemp(prefix="bench_formats-")))
+    failed = {}
+    for fixture in fixtures:
+        problems = check_fixture(fixture)
+        if problems:
+            failed[fixture.name] = problems
+    for name, problems in failed.items():
+        print(f"format fixture {name}: {'; '.join(problems)}", file=sys.stderr)
+    return {"real_format_fixtures": len(fixtures),
+            "real_format_fixtures_ok": len(fixtures) - len(failed)}
 
 
 def main() -> None:
@@ -262,6 +287,8 @@ def main() -> None:
     for name, value in packing_figures(processor, videos, args.mixed_samples).items():
         print(f"{name}={value}")
     for name, value in bad_input_figures(processor).items():
+        print(f"{name}={value}")
+    for name, value in format_fixture_figures().items():
         print(f"{name}={value}")
 
 

@@ -52,7 +52,7 @@ def test_messages_records_become_samples_that_encode(tmp_path, processor):
     ([{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}], "remote image URLs"),
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}], "invalid base64"),
     ([{"type": "image", "image": "missing.png"}], "image file not found: missing.png"),
-    ([{"type": "audio", "audio": "a.wav"}], "unreadable content part"),
+    ([{"type": "audio", "audio": "a.wav"}], "audio is not supported by Qwen3-VL"),
 ])
 def test_bad_parts_are_named(tmp_path, content, reason):
     records = [{"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "a"}]},
@@ -96,3 +96,30 @@ def test_reasoning_content_is_learned_with_thinking_template_only(tmp_path, proc
     instruct = SampleEncoder(processor, budget).encode(sample)
     text = processor.tokenizer.decode(instruct["input_ids"])
     assert "<think>" not in text and text.endswith("<|im_start|>assistant\n4<|im_end|>\n")
+
+
+def test_listed_images_with_tags_train_with_their_visual_tokens(tmp_path, processor):
+    """LLaMA-Factory / ms-swift rows (top-level ``images``, ``<image>`` tags in string content)
+    used to train on the literal text "<image>" with no visual token at all."""
+    Image.new("RGB", (96, 96), "blue").save(tmp_path / "a.png")
+    record = {"messages": [{"role": "user", "content": "<image>Colour?"},
+                           {"role": "assistant", "content": "blue"}],
+              "images": ["a.png"], "system": "Answer in one word."}
+    (sample,) = load_source("messages", write_jsonl(tmp_path / "m.jsonl", [record]))
+    budget = VisionBudget(64 * 64, 256 * 256)
+    encoded = SampleEncoder(processor, budget).encode(sample)
+    assert encoded["image_grid_thw"].shape[0] == 1
+    n_pad = int((encoded["input_ids"] == processor.image_token_id).sum())
+    assert n_pad == int(encoded["image_grid_thw"].prod()) // 4 > 0
+    text = processor.tokenizer.decode(encoded["input_ids"])
+    assert "<image>" not in text and text.startswith("<|im_start|>system\nAnswer in one word.")
+    assert TokenPlanner(processor, budget).plan(sample).total == len(encoded["input_ids"])
+
+
+def test_qwen_data_uri_without_subtype_is_an_image(tmp_path):
+    uri = data_uri().replace("data:image/png;", "data:image;")
+    record = {"messages": [{"role": "user", "content": [{"type": "image", "image": uri},
+                                                        {"type": "text", "text": "Colour?"}]},
+                           {"role": "assistant", "content": "red"}]}
+    (sample,) = load_source("messages", write_jsonl(tmp_path / "m.jsonl", [record]))
+    assert sample.images == [uri]

@@ -147,3 +147,19 @@ def test_eval_help_lists_every_key(capsys):
     assert "tasks[].name (str, default '')" in text and "vision.fps (float, default 2.0)" in text
     missing = [name for name, *_ in config_keys(EvalConfig) if f"{name} (" not in text]
     assert not missing, f"--help leaves out {missing}"
+
+
+def test_media_roots_and_llamafactory_subset_reach_the_source(cfg_file):
+    cfg = load_config(Config, cfg_file(MINIMAL), ["data.image_root=/pics", "data.video_root=/clips",
+                                                  "data.allow_outside_root=true"])
+    (source,) = cfg.data.source_configs()
+    assert (source.image_root, source.video_root, source.allow_outside_root) == \
+        ("/pics", "/clips", True)
+    base = "model:\n  path: m\ndata:\n  sources:\n    - {path: d/dataset_info.json, %s}\n"
+    cfg = load_config(Config, cfg_file(base % "format: llamafactory, subset: mllm_demo"))
+    (source,) = cfg.data.source_configs()
+    assert source.subset == "mllm_demo" and source.name == "mllm_demo"
+    assert source.allow_outside_root is False and source.video_root is None
+    with pytest.raises(ConfigError, match="formats hf_dataset, refcoco, screenspot and "
+                                          "llamafactory read one, not alpaca"):
+        load_config(Config, cfg_file(base % "format: alpaca, subset: x"))

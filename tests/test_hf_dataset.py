@@ -149,6 +149,12 @@ CHAT_LAYOUTS = {
         {"role": "assistant", "content": [{"type": "text", "text": "left is red"}]},
         {"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}],
+    # LLaMA-Factory's mllm_demo / ms-swift rows pushed to the hub: string contents with tags.
+    "messages_tagged": [
+        {"role": "user", "content": "<image>\nCompare the two.<image>"},
+        {"role": "assistant", "content": "left is red"},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "yes"}],
     "conversations": [
         {"from": "human", "value": "<image>\nCompare the two.<image>"},
         {"from": "gpt", "value": "left is red"},
@@ -161,7 +167,8 @@ CHAT_LAYOUTS = {
 def test_chat_column_goes_through_the_json_converters(tmp_path, processor, layout):
     good = CHAT_LAYOUTS[layout]
     images = [[png((64, 64), "red"), png((96, 64), "blue")], [png((64, 64), "red")]]
-    ds = Dataset.from_dict({layout: [good, good], "images": images})
+    column = layout.removesuffix("_tagged")
+    ds = Dataset.from_dict({column: [good, good], "images": images})
     # A single saved Dataset (no split folders), images embedded as on the hub.
     ds.cast_column("images", List(HFImage())).save_to_disk(str(tmp_path / "chat"))
 
@@ -169,6 +176,7 @@ def test_chat_column_goes_through_the_json_converters(tmp_path, processor, layou
     (sample,) = load(SourceConfig(path=str(tmp_path / "chat"), format="hf_dataset"), bad)
     assert len(sample.images) == 2 and sample.images[1].endswith("#0/images/1")
     assert [p["type"] for p in sample.messages[0]["content"]] == ["image", "text", "image"]
+    assert "<image>" not in str(sample.messages)  # every tag became its image
     encoded = SampleEncoder(processor, BUDGET).encode(sample)
     assert decoded_labels(processor, encoded) == "left is red<|im_end|>yes<|im_end|>"
     assert encoded["image_grid_thw"].shape[0] == 2

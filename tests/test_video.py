@@ -277,8 +277,8 @@ def test_encoded_mp4_sample_timestamps_frames_and_plan(processor, clip, tmp_path
     assert sample.messages[0]["content"][0] == {"type": "video"}
 
     # Frames 0, 10, 20, 30 of 31 (10 fps): patches at (0.0+1.0)/2 s and (2.0+3.0)/2 s.
-    frames, metadata = video_lib.load(sample.videos[0], budget)
-    assert metadata.frames_indices == [0, 10, 20, 30] and metadata.fps == 10.0
+    frames, metadata, filled = video_lib.load(sample.videos[0], budget)
+    assert metadata.frames_indices == [0, 10, 20, 30] and metadata.fps == 10.0 and filled == 0
     levels = frames.float().mean(dim=(1, 2, 3))
     assert torch.allclose(levels, torch.tensor([0.0, 80.0, 160.0, 240.0]), atol=4)
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from data.config import VisionBudget
 from data.encode import SampleEncoder
+from data.media.images import MediaError
 from data.samples import Sample
 from eval.checkpoints import ResolvedCheckpoint, resolve_checkpoint
 from eval.config import CheckpointSpec, EvalConfig, GenerationConfig, TaskSpec
@@ -186,9 +187,10 @@ def test_text_only_prompt_has_no_multimodal_data(processor):
 def test_bad_inputs_are_per_sample_errors(processor, tmp_path):
     budget = VisionBudget()
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(OSError):
+    # MediaError (a ValueError, which the runner records per sample) names the file and why.
+    with pytest.raises(MediaError, match="not an image file.*broken.png"):
         vllm_prompt(processor, _sample("b", [str(tmp_path / "broken.png")]), budget)
-    with pytest.raises(OSError):
+    with pytest.raises(MediaError, match="image file not found.*missing.png"):
         vllm_prompt(processor, _sample("m", [str(tmp_path / "missing.png")]), budget)
     mismatch = _sample("x", [_image(tmp_path / "a.png")])
     mismatch.images.append(str(tmp_path / "a.png"))  # two images, one placeholder

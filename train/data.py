@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from data.encode import collate
+from data.encode import REPAIRS, collate
 from data.mixture import Mixture
 from data.packing import collate_packed, pack_rows
-from data.samples import DataError
+from data.samples import DataError, reason_of
 
 MAX_SUBSTITUTIONS = 16
 LENGTH_GROUP_BATCHES = 64  # group_by_length sorts windows of this many batches
@@ -43,7 +43,7 @@ class EncodedDataset(torch.utils.data.Dataset):
             try:
                 example = self.corpus.encode(candidate)
             except (OSError, ValueError) as e:
-                record = self.corpus.bad_record(candidate, f"{type(e).__name__}: {e}")
+                record = self.corpus.bad_record(candidate, reason_of(e))
                 if self.policy == "error":
                     raise DataError(f"{record}. Fix the sample, or set data.on_bad_sample=skip.") from e
                 skipped.append(record)
@@ -51,6 +51,8 @@ class EncodedDataset(torch.utils.data.Dataset):
                     break
                 continue
             example["skipped"] = skipped
+            example["repaired"] = [self.corpus.bad_record(candidate, reason)
+                                   for reason in example.pop(REPAIRS, [])]
             example["sample_id"] = self.corpus.sample_id(candidate)
             return example
         raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
@@ -131,19 +133,22 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 class TrainCollator:
-    """Pads (or packs) a micro-batch and gathers the bad-sample reports of its examples."""
+    """Pads (or packs) a micro-batch and gathers the bad-sample reports of its examples: the
+    samples skipped in its making, and those used after a repair."""
 
     def __init__(self, pad_token_id: int, packing: bool = False, merge_size: int = 2):
         self.pad_token_id, self.packing, self.merge_size = pad_token_id, packing, merge_size
 
     def __call__(self, examples: list[dict]) -> dict:
         skipped = [s for e in examples for s in e.pop("skipped", [])]
+        repaired = [s for e in examples for s in e.pop("repaired", [])]
         described = [describe_example(e, self.merge_size) for e in examples]
         if self.packing:
             batch = collate_packed(examples, self.merge_size)
         else:
             batch = collate(examples, self.pad_token_id, padding_side="right")
         batch["skipped"] = skipped
+        batch["repaired"] = repaired
         batch["samples"] = described
         return batch
 

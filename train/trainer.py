@@ -73,6 +73,7 @@ class StepResult:
     grad_norm: float = 0.0
     applied: bool = False
     skipped: list[BadSample] = field(default_factory=list)
+    repaired: list[BadSample] = field(default_factory=list)  # used after a repair (reason says)
 
 
 def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
@@ -82,7 +83,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
         run.hooks.step_begin(step, run.dist.rank, run.dist.world_size)
         t0 = time.perf_counter()
         result = train_step(run, step)
-        report_skipped(run, step, result.skipped)
+        report_skipped(run, step, result.skipped, result.repaired)
         bad_step = result.non_finite or not np.isfinite(result.grad_norm)
         nan_in_a_row = nan_in_a_row + 1 if bad_step else 0
         if bad_step:
@@ -209,6 +210,7 @@ def train_step(run: Run, step: int) -> StepResult:
     r = StepResult()
     for i, batch in enumerate(micro_batches):
         r.skipped += batch.pop("skipped")
+        r.repaired += batch.pop("repaired")
         described = batch.pop("samples")
         r.flops += run.step_flops.step_flops(batch)
         batch = {k: v.to(dist.device) for k, v in batch.items()}
@@ -266,12 +268,15 @@ def out_of_memory_names(samples: list[dict], step: int, micro_batch: int, rank: 
 
 # --- After a step ----------------------------------------------------------------------------
 
-def report_skipped(run: Run, step: int, skipped: list[BadSample]) -> None:
-    """Samples that failed to encode this step and were replaced: on disk and on the console."""
-    if skipped:
-        run.bad_file.write(skipped, stage="encode", step=step)
-        for record in skipped:
-            print(f"[data] rank {run.dist.rank} skipped {record}", flush=True)
+def report_skipped(run: Run, step: int, skipped: list[BadSample],
+                   repaired: list[BadSample] = ()) -> None:
+    """Samples that failed to encode this step and were replaced, and samples trained after a
+    repair (e.g. undecodable video frames filled): on disk and on the console."""
+    for records, stage, verb in ((skipped, "encode", "skipped"), (repaired, "repaired", "repaired")):
+        if records:
+            run.bad_file.write(records, stage=stage, step=step)
+            for record in records:
+                print(f"[data] rank {run.dist.rank} {verb} {record}", flush=True)
 
 
 def stop_or_skip(run: Run, step: int, result: StepResult, nan_in_a_row: int) -> None:

@@ -12,17 +12,24 @@ slices the memory-mapped Arrow table. So rows are the dataset's own (split slice
 mappings are datasets' business), an image is never decoded when only its header is read
 (``ref_size``), and references are plain strings that pickle into DataLoader workers, which
 open the dataset again on first use.
+
+An image cell is a ``{bytes, path}`` struct (the ``datasets`` Image feature, or a plain struct
+in a parquet file) or raw encoded bytes (a ``binary`` column, as many parquet exports store
+images); a struct without bytes names a file, absolute or relative to the dataset's folder.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import pyarrow as pa
 
+from data.media import images as images_lib
 from data.media.cache import ProcessCache
 from data.samples import DataError
 
@@ -110,12 +117,13 @@ def parse_ref(ref: str) -> tuple[tuple, int, str, int | None]:
         where = (unquote(path), params["split"], params.get("subset"))
         return where, int(parts[0]), unquote(parts[1]), item
     except ValueError:
-        raise ValueError(f"malformed dataset image reference {ref[:120]!r} (expected "
-                         f"{SCHEME}PATH?split=SPLIT#ROW/COLUMN[/ITEM])") from None
+        raise ValueError(f"malformed dataset image reference '{images_lib.short_ref(ref)}' "
+                         f"(expected {SCHEME}PATH?split=SPLIT#ROW/COLUMN[/ITEM])") from None
 
 
 def _cell(ref: str):
-    """The image struct scalar a reference points at; ValueError says why it cannot be read."""
+    """The image cell a reference points at (a ``{bytes, path}`` struct or raw encoded bytes);
+    ValueError says why it cannot be read."""
     where, row, column, item = parse_ref(ref)
     try:
         view = _column(where, column)
@@ -137,23 +145,59 @@ def _cell(ref: str):
     return cell
 
 
-def _image_file(ref: str, zero_copy: bool = False):
-    """A binary file object over the image's encoded bytes (or its path on disk). With
-    ``zero_copy`` it reads the memory-mapped bytes in place (enough for a header)."""
+def describe(ref: str) -> str:
+    """Where a reference's image is, in words for messages: its row, column and dataset."""
+    try:
+        where, row, column, item = parse_ref(ref)
+    except ValueError:
+        return images_lib.short_ref(ref)
+    image = f"image {item} of " if item is not None else "image in "
+    return f"{image}row {row}, column {column!r} of {where[0]} [{where[1]}]"
+
+
+def _encoded_bytes(cell):
+    """The encoded image bytes of a cell (a binary scalar), or None when it holds only a path.
+    A cell is raw bytes (a ``binary`` column, as many parquet exports store images) or a
+    struct with a ``bytes`` field (the ``datasets`` Image feature, or a plain struct)."""
+    if pa.types.is_struct(cell.type):
+        if cell.type.get_field_index("bytes") < 0:
+            return None
+        cell = cell["bytes"]
+    return cell if cell.is_valid else None
+
+
+def _image_source(ref: str) -> tuple[Callable[[], object], int]:
+    """(a function giving a fresh binary file over the image's encoded bytes, or its path on
+    disk; the byte count). The bytes are copied out of the memory-mapped table: pyarrow's
+    in-place reader cannot seek past its end, which PIL's format probes do on short data."""
     cell = _cell(ref)
-    data = cell["bytes"]
-    if not data.is_valid:
-        return _path_of(cell, ref)
-    return pa.BufferReader(data.as_buffer()) if zero_copy else io.BytesIO(data.as_py())
+    data = _encoded_bytes(cell)
+    if data is None:
+        path = _path_of(cell, ref)
+        return (lambda: path), os.path.getsize(path)
+    buffer = data.as_buffer()
+    return (lambda: io.BytesIO(buffer.to_pybytes())), buffer.size
 
 
 def _path_of(cell, ref: str) -> str:
-    """The file an image cell without bytes points at (as `datasets` stores local images)."""
-    path = cell["path"].as_py() if cell.type.get_field_index("path") >= 0 else None
+    """The file an image cell without bytes points at (as ``datasets`` stores local images):
+    absolute, or relative to the dataset's folder."""
+    has_path = pa.types.is_struct(cell.type) and cell.type.get_field_index("path") >= 0
+    path = cell["path"].as_py() if has_path else None
+    if path and not os.path.isabs(path):
+        path = os.path.join(_dataset_folder(parse_ref(ref)[0][0]), path)
     if path and os.path.isfile(path):
         return path
     raise ValueError(f"missing image: no bytes in column {parse_ref(ref)[2]!r}"
                      + (f" and its path is not a file: {path}" if path else ""))
+
+
+def _dataset_folder(where: str) -> str:
+    """The folder relative image paths of a dataset resolve against: the dataset folder, or
+    the folder of a single data file (a hub id: the working directory, as ``datasets`` does)."""
+    if os.path.isdir(where):
+        return where
+    return os.path.dirname(where) if os.path.isfile(where) else ""
 
 
 # --- The data.media.images scheme interface ----------------------------------------------------
@@ -163,7 +207,7 @@ def check_ref(ref: str) -> str | None:
     field are read, the image bytes are not."""
     try:
         cell = _cell(ref)
-        if not cell["bytes"].is_valid:
+        if _encoded_bytes(cell) is None:
             _path_of(cell, ref)
     except ValueError as e:
         return str(e)
@@ -171,16 +215,26 @@ def check_ref(ref: str) -> str | None:
 
 
 def open_ref(ref: str):
+    """The image as viewers show it (EXIF orientation applied), lazily decoded when upright.
+    Raises MediaError (a ValueError) naming the row for an image that cannot be used."""
     from PIL import Image
 
-    return Image.open(_image_file(ref))
+    name = describe(ref)
+    source, nbytes = _image_source(ref)
+    if nbytes == 0:
+        raise images_lib.MediaError(f"empty image file (0 bytes): {name}")
+    with images_lib.pil_errors(name):
+        im = Image.open(source())
+        images_lib.check_pixels(*im.size, name)
+        return images_lib.upright(im)
 
 
+@lru_cache(maxsize=65536)
 def ref_size(ref: str) -> tuple[int, int]:
-    """(height, width) from the image header, read in place: no pixels decoded, no bytes
-    copied."""
+    """The displayed (height, width) from the image header, no pixels decoded, with the checks
+    of ``data.media.images.header_size`` (MediaError). Cached per reference, as the dataset
+    itself is (the planner asks again for every budget it tries)."""
     from PIL import Image
 
-    with Image.open(_image_file(ref, zero_copy=True)) as im:
-        width, height = im.size
-    return height, width
+    source, nbytes = _image_source(ref)
+    return images_lib.header_size(lambda: Image.open(source()), describe(ref), nbytes)

@@ -4,8 +4,11 @@ A video is a file (mp4, webm, mkv, mov, avi; decoded with PyAV, which bundles it
 or the frames of one: image paths in order, or a folder of them. Samples carry ``VideoRef``s,
 not pixels. Three steps keep the token planner and the encoder in agreement:
 
-``probe``   frame count, native fps, height and width from the container header (no pixel is
-            decoded), or from the first frame's header for a frame list.
+``probe``   frame count, native fps, height and width from the container header, or from the
+            first frame's header for a frame list. Sizes are as players show the video: a
+            display-matrix rotation (phone videos) of a quarter turn swaps them. PyAV exposes
+            that rotation only on decoded frames, so the first frame is decoded (once per
+            file; the result is cached).
 ``plan``    the frame indices and the per-frame size, from the probe and the ``VisionBudget``,
             following qwen-vl-utils: ``duration * fps`` frames (or ``num_frames``), clamped to
             ``[min_frames, max_frames]`` and to the frames there are, and even (Qwen3-VL's
@@ -14,7 +17,10 @@ not pixels. Three steps keep the token planner and the encoder in agreement:
             min(video_max_pixels, video_total_pixels / frames)]`` (floored at 1.05 x
             ``video_min_pixels``, as qwen-vl-utils and transformers do, so the total may be
             exceeded only when a video needs more frames than the total can hold at the floor).
-``decode``  the planned frames, resized (bicubic, antialiased, as qwen-vl-utils does).
+``decode``  the planned frames, resized (bicubic, antialiased, as qwen-vl-utils does) and
+            turned upright. A planned frame that fails to decode repeats the sampled frame
+            before it; ``load`` reports how many did (``LoadedVideo.filled``) and refuses a
+            video where more than ``MAX_FILLED_FRACTION`` of them did.
 
 The processor then gets the frames with a ``VideoMetadata`` (native fps + sampled indices) and
 ``do_sample_frames=False`` / ``do_resize=False``, so it neither resamples nor resizes, and it
@@ -33,16 +39,19 @@ import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from data.config import VisionBudget
+from data.media.images import MAX_ASPECT_RATIO, MediaError, local_path, short_ref
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_FRAME_FPS = 2.0  # frame lists: seconds between frames = 1 / this, unless the record says
-MAX_ASPECT_RATIO = 200  # Qwen3-VL's resize refuses longer sides than this
+# MAX_ASPECT_RATIO (imported): Qwen3-VL's resize refuses longer sides than this, images and videos
+MAX_FILLED_FRACTION = 0.1  # a video with more of its sampled frames undecodable is refused
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,14 @@ class VideoRef:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the header says: frame count, frames per second, and frame size."""
+    """What the header says: frame count, frames per second, and frame size as shown (after
+    ``rotation``, the display rotation in degrees counter-clockwise: 0, 90, 180 or 270)."""
 
     total_frames: int
     fps: float
     height: int
     width: int
+    rotation: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,17 @@ class FramePlan:
                              frames_indices=list(self.indices), video_backend="pyav")
 
 
+class LoadedVideo(NamedTuple):
+    """What ``load`` gives the encoder: ``frames`` (uint8 (T, 3, H, W), upright), their
+    ``metadata`` (transformers' ``VideoMetadata``), and ``filled``: how many of the T planned
+    frames could not be decoded and repeat the sampled frame before them (a repair the
+    encoder reports; 0 for a healthy video)."""
+
+    frames: torch.Tensor
+    metadata: object
+    filled: int
+
+
 def processor_kwargs() -> dict:
     """``videos_kwargs`` for the processor: frames arrive sampled and resized by ``decode``."""
     return {"do_sample_frames": False, "do_resize": False, "cap_pixels_per_frame": False,
@@ -114,20 +136,21 @@ def processor_kwargs() -> dict:
 # References
 
 
-def make_ref(value, root: str, options: dict | None = None) -> VideoRef:
+def make_ref(value, root: str, options: dict | None = None, confine: bool = True) -> VideoRef:
     """A ``VideoRef`` from a record's value: a video path, a frame folder, or a list of frame
-    paths (``file://`` stripped, relative paths under ``root``). ``options`` are the record's
-    qwen-vl-utils keys: ``fps`` or ``nframes`` / ``num_frames``, and ``sample_fps`` (frame lists).
-    Raises ValueError saying what to change."""
+    paths (``file://`` stripped, relative paths under ``root``; with ``confine`` they must not
+    lead out of it, see ``data.media.images.local_path``). ``options`` are the record's
+    qwen-vl-utils keys: ``fps`` or ``nframes`` / ``num_frames``, and ``sample_fps`` (frame
+    lists). Raises ValueError saying what to change."""
     options = options or {}
     if isinstance(value, str):
-        path = _resolve(value, root)
+        path = local_path(value, root, confine, "video")
         source = tuple(list_frames(path)) if os.path.isdir(path) else path
         if os.path.isdir(path) and not source:
-            raise ValueError(f"frame folder has no {'/'.join(FRAME_EXTENSIONS)} images: {value} "
-                             f"(looked in {path})")
+            raise ValueError(f"frame folder has no {'/'.join(FRAME_EXTENSIONS)} images: "
+                             f"{short_ref(value)} (looked in {path})")
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        source = tuple(_resolve(v, root) for v in value)
+        source = tuple(local_path(v, root, confine, "video") for v in value)
     else:
         raise ValueError(f"a video is a path or a non-empty list of frame paths, got {value!r:.80}")
 
@@ -157,14 +180,6 @@ def list_frames(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in sorted(names, key=key)]
 
 
-def _resolve(ref: str, root: str) -> str:
-    if ref.startswith("file://"):
-        ref = ref[len("file://"):]
-    elif "://" in ref:
-        raise ValueError(f"remote video URLs are not fetched: {ref[:80]}")
-    return ref if os.path.isabs(ref) else os.path.join(root, ref)
-
-
 def _number(options: dict, key: str) -> float | None:
     value = options.get(key)
     if value is None:
@@ -180,7 +195,8 @@ def _number(options: dict, key: str) -> float | None:
 
 def check(ref: VideoRef) -> str | None:
     """Why ``ref`` cannot be used as a video, naming the file, or None. Reads headers, and for
-    a video file decodes its first frame (a file with no decodable frame is caught here)."""
+    a video file decodes its first frame (``probe`` does: a file with no decodable frame is
+    caught here)."""
     if ref.is_frames:
         from data.media.images import image_size
 
@@ -189,8 +205,8 @@ def check(ref: VideoRef) -> str | None:
                 return f"video frame not found: {path}"
         try:
             height, width = image_size(ref.source[0])
-        except OSError as e:
-            return f"video frame is not a readable image: {ref.source[0]} ({e})"
+        except (OSError, ValueError) as e:
+            return f"unusable video frame: {e}"
         return _aspect_problem(height, width, ref.source[0])
     path = ref.source
     if not os.path.isfile(path):
@@ -199,8 +215,7 @@ def check(ref: VideoRef) -> str | None:
         return (f"not a video file (expected {', '.join(VIDEO_EXTENSIONS)}, or a frame folder): "
                 f"{path}")
     try:
-        info = probe(ref)
-        first_frame(path)
+        info = probe(ref)  # decodes the first frame
     except ValueError as e:
         return str(e)
     return _aspect_problem(info.height, info.width, path)
@@ -214,7 +229,9 @@ def _aspect_problem(height: int, width: int, path: str) -> str | None:
 
 
 def probe(ref: VideoRef) -> VideoInfo:
-    """Header facts of a video, without decoding pixels. Raises ValueError naming the file."""
+    """Header facts of a video, sizes as shown (see ``VideoInfo``). A file's first frame is
+    decoded for its display rotation; a frame list's first image header is read. Raises
+    ValueError (MediaError) naming the file."""
     if ref.is_frames:
         from data.media.images import image_size
 
@@ -229,14 +246,14 @@ def _probe_file(path: str, mtime_ns: int, size: int) -> VideoInfo:  # mtime/size
     import av
 
     if size == 0:
-        raise ValueError(f"unreadable video file (empty, 0 bytes): {path}")
+        raise MediaError(f"unreadable video file (empty, 0 bytes): {path}")
     try:
         with av.open(path) as container:
             if container.format.name in ("image2", "gif") or container.format.name.endswith("_pipe"):
-                raise ValueError(f"not a video file (it holds a {container.format.name} image): "
+                raise MediaError(f"not a video file (it holds a {container.format.name} image): "
                                  f"{path}")
             if not container.streams.video:
-                raise ValueError(f"video file has no video stream: {path}")
+                raise MediaError(f"video file has no video stream: {path}")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
@@ -248,13 +265,34 @@ def _probe_file(path: str, mtime_ns: int, size: int) -> VideoInfo:  # mtime/size
                 else:
                     seconds = (container.duration or 0) / 1_000_000
                 frames = round(seconds * fps)
+            if fps <= 0 or height <= 0 or width <= 0:
+                raise MediaError(f"video header gives no frame rate or frame size: {path}")
+            if frames <= 0:
+                raise MediaError(f"video has no decodable frame (its header lists none): {path}")
+            rotation = _display_rotation(container, stream, path)
     except av.FFmpegError as e:
-        raise ValueError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
-    if fps <= 0 or height <= 0 or width <= 0:
-        raise ValueError(f"video header gives no frame rate or frame size: {path}")
-    if frames <= 0:
-        raise ValueError(f"video has no decodable frame (its header lists none): {path}")
-    return VideoInfo(int(frames), fps, int(height), int(width))
+        raise MediaError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
+    if rotation % 180:
+        height, width = width, height
+    return VideoInfo(int(frames), fps, int(height), int(width), rotation)
+
+
+def _display_rotation(container, stream, path: str) -> int:
+    """The display rotation of the first frame that decodes (see ``_quarter_turns``), in
+    degrees counter-clockwise. MediaError when no frame decodes."""
+    for frame in _decoded_frames(container, stream):
+        if not isinstance(frame, _Lost):
+            return 90 * _quarter_turns(frame)
+    raise MediaError(f"video has no decodable frame: {path}")
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show a decoded frame as players do, from its
+    display matrix (PyAV's ``VideoFrame.rotation``, FFmpeg's sign: a phone video recorded
+    upright is stored landscape with -90, turned a quarter clockwise). Rotations between
+    quarter turns round to the nearest."""
+    degrees = frame.rotation or 0
+    return round(degrees / 90) % 4 if math.isfinite(degrees) else 0
 
 
 def _ffmpeg_reason(e: Exception) -> str:
@@ -335,19 +373,34 @@ def plan(info: VideoInfo, budget: VisionBudget, ref: VideoRef, patch_size: int =
 
 
 def load(ref: VideoRef, budget: VisionBudget, patch_size: int = 16, merge_size: int = 2,
-         temporal_patch_size: int = 2):
-    """(frames as a uint8 (T, 3, H, W) tensor, ``VideoMetadata``) ready for the processor."""
+         temporal_patch_size: int = 2) -> LoadedVideo:
+    """The planned frames, upright and resized, with their ``VideoMetadata`` and the count of
+    frames filled by repetition (``LoadedVideo``), ready for the processor. Raises MediaError
+    naming the file when more than ``MAX_FILLED_FRACTION`` of the planned frames could not be
+    decoded: such a video shows the model stills where it moved."""
     frame_plan = plan(probe(ref), budget, ref, patch_size, merge_size, temporal_patch_size)
-    return decode(ref, frame_plan), frame_plan.metadata()
+    frames, filled = decode_counted(ref, frame_plan)
+    planned = len(frame_plan.indices)
+    if filled > MAX_FILLED_FRACTION * planned:
+        raise MediaError(f"{filled} of {planned} sampled frames could not be decoded (more than "
+                         f"{MAX_FILLED_FRACTION:.0%}): {ref}")
+    return LoadedVideo(frames, frame_plan.metadata(), filled)
 
 
 def decode(ref: VideoRef, frame_plan: FramePlan) -> torch.Tensor:
-    """The planned frames, resized. Frame ``i`` of a file is the first frame shown at or after
-    ``i / fps`` seconds (its presentation time; its position in the stream when it has none).
-    Frames that fail to decode are skipped; a video that ends before its header said repeats
-    its last decoded frame, so the planned token count holds. Raises ValueError naming the file
-    when no frame decodes. A file is read by seeking to the keyframe before each far planned
-    frame, so long stretches without a planned frame are neither read nor decoded."""
+    """The planned frames (``decode_counted`` without the count)."""
+    return decode_counted(ref, frame_plan)[0]
+
+
+def decode_counted(ref: VideoRef, frame_plan: FramePlan) -> tuple[torch.Tensor, int]:
+    """(the planned frames, resized and upright, as uint8 (T, 3, H, W); how many were filled).
+    Frame ``i`` of a file is the first frame shown at or after ``i / fps`` seconds (its
+    presentation time; its position in the stream when it has none). A planned frame whose
+    own frame fails to decode, or that lies past the end of a video shorter than its header
+    said, repeats the sampled frame before it, so the planned token count holds; those are
+    counted. Raises MediaError naming the file when no frame decodes, and for a frame list
+    with an unreadable image. A file is read by seeking to the keyframe before each far
+    planned frame, so long stretches without a planned frame are neither read nor decoded."""
     size = (frame_plan.height, frame_plan.width)
     if ref.is_frames:
         from data.media.images import load_image
@@ -356,20 +409,30 @@ def decode(ref: VideoRef, frame_plan: FramePlan) -> torch.Tensor:
         for i in sorted(set(frame_plan.indices)):
             try:
                 frames[i] = _resize(torch.from_numpy(np.array(load_image(ref.source[i]))), size)
-            except OSError as e:
-                raise ValueError(f"video frame is not a readable image: {ref.source[i]} ({e})") from None
+            except (OSError, ValueError) as e:
+                raise MediaError(f"unusable video frame: {e}") from None
     else:
         frames = _decode_file(ref.source, frame_plan.indices, size, frame_plan.fps)
     if not frames:
-        raise ValueError(f"video has no decodable frame: {ref}")
-    last = frames[max(frames)]
-    return torch.stack([frames.get(i, last) for i in frame_plan.indices])
+        raise MediaError(f"video has no decodable frame: {ref}")
+    return _fill(frames, frame_plan.indices)
+
+
+def _fill(frames: dict[int, torch.Tensor], indices) -> tuple[torch.Tensor, int]:
+    """The frames in planned order, each missing one repeating the planned frame before it
+    (the first decoded one, for missing frames at the start), and how many were missing."""
+    previous, out, filled = frames[min(frames)], [], 0
+    for i in indices:
+        filled += i not in frames
+        previous = frames.get(i, previous)
+        out.append(previous)
+    return torch.stack(out), filled
 
 
 def first_frame(path: str) -> None:
-    """Decode one frame of a video file; ValueError naming the file when none decodes."""
+    """Decode one frame of a video file; MediaError naming the file when none decodes."""
     if not _decode_file(path, (0,), None, fps=1.0):
-        raise ValueError(f"video has no decodable frame: {path}")
+        raise MediaError(f"video has no decodable frame: {path}")
 
 
 SEEK_MIN_GAP = 8  # frames: a planned frame at most this far ahead is reached by decoding on
@@ -381,10 +444,11 @@ class _CannotSeek(Exception):
 
 def _decode_file(path: str, indices, size: tuple[int, int] | None,
                  fps: float) -> dict[int, torch.Tensor]:
-    """Frames by planned index, reached by seeking (see ``_StreamReader``). Where seeking
-    cannot be trusted (an error, a landing past the target, frames without timestamps), the
-    frames still missing are decoded from the start of a freshly opened file, which always
-    gives the right ones."""
+    """Frames by planned index, reached by seeking (see ``_StreamReader``); planned indices
+    whose frame failed to decode or lies past the end are absent. Where seeking cannot be
+    trusted (an error, a landing past the target, frames without timestamps), the frames
+    still missing are decoded from the start of a freshly opened file, which always gives the
+    right ones."""
     import av
 
     targets = sorted(set(indices))
@@ -398,7 +462,7 @@ def _decode_file(path: str, indices, size: tuple[int, int] | None,
                 missing = [t for t in targets if t not in frames]
                 _StreamReader(container, fps, may_seek=False).take(missing, size, frames)
     except av.FFmpegError as e:
-        raise ValueError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
+        raise MediaError(f"unreadable video file ({_ffmpeg_reason(e)}): {path}") from None
     return frames
 
 
@@ -408,7 +472,12 @@ class _StreamReader:
     ``gap`` frames away. ``gap`` grows to the longest keyframe interval seen, and doubles past
     a seek that landed back among the frames already decoded, so seeks are made where a
     keyframe lies between here and the target; targets close together in a long group of
-    pictures are reached by decoding on, not by decoding its start again for each."""
+    pictures are reached by decoding on, not by decoding its start again for each.
+
+    Frames lost to decode errors are remembered by index (``lost``, from the ``_Lost``
+    markers of ``_decoded_frames``): a target whose first frame at or past it is a
+    lost one gets no frame (it is filled, and counted, by ``decode_counted``), rather than
+    silently the next frame that decoded."""
 
     def __init__(self, container, fps: float, may_seek: bool):
         self.container, self.fps, self.may_seek = container, fps, may_seek
@@ -422,18 +491,28 @@ class _StreamReader:
         self.seeked = False
         self.gap = SEEK_MIN_GAP
         self.last_keyframe: int | None = None  # index of the last keyframe decoded since a seek
+        self.lost: set[int] = set()  # indices of frames lost to decode errors
 
     def take(self, targets: list[int], size, frames: dict[int, torch.Tensor]) -> None:
         """Fill ``frames`` for sorted ``targets``: each gets the first frame whose index is at
-        or past it (one frame may serve several). Stops at the end of the video."""
+        or past it (one frame may serve several), unless that frame was lost. Stops at the
+        end of the video; a target one frame past the last (a frame count rounded up from a
+        header's duration) still gets the last frame."""
         for target in targets:
             if self.may_seek and target > self.position + self.gap:
                 self._seek_before(target)
             if not self._decode_to(target):
+                just_past = target == self.position + 1 and target not in self.lost
+                if self.frame is not None and just_past:
+                    frames[target] = self._pixels(size)
                 return
-            if self.pixels is None:
-                self.pixels = _resize(torch.from_numpy(self.frame.to_ndarray(format="rgb24")), size)
-            frames[target] = self.pixels
+            if not any(target <= i < self.position for i in self.lost):
+                frames[target] = self._pixels(size)
+
+    def _pixels(self, size) -> torch.Tensor:
+        if self.pixels is None:
+            self.pixels = _frame_pixels(self.frame, size)
+        return self.pixels
 
     def _decode_to(self, target: int) -> bool:
         """Decode on until the last frame's index is at or past ``target``; False at the end."""
@@ -441,6 +520,9 @@ class _StreamReader:
             frame = next(self.decoded, None)
             if frame is None:
                 return False
+            if isinstance(frame, _Lost):
+                self.lost.add(self._lost_index(frame))
+                continue
             self._advance(frame)
         return True
 
@@ -461,6 +543,12 @@ class _StreamReader:
                 raise _CannotSeek
             return self.count
         return round(float((frame.pts - self.start) * self.stream.time_base) * self.fps)
+
+    def _lost_index(self, lost: _Lost) -> int:
+        """The index of a lost frame: from its pts, else the one after the last decoded."""
+        if lost.pts is None:
+            return self.position + 1
+        return round(float((lost.pts - self.start) * self.stream.time_base) * self.fps)
 
     def _seek_before(self, target: int) -> None:
         """Seek to the keyframe at or before the last instant whose index is below ``target``.
@@ -483,7 +571,7 @@ class _StreamReader:
         self.decoded = _decoded_frames(self.container, self.stream)
         landing = next(self.decoded, None)
         if landing is None or not landing.key_frame or self._index(landing) >= target:
-            raise _CannotSeek
+            raise _CannotSeek  # (a lost packet is no keyframe)
         landed_at = self._index(landing)
         if landed_at <= self.position:  # wasted: the group of pictures is longer than `gap`
             self.gap = max(self.gap, 2 * (target - landed_at))  # (doubling bounds the waste)
@@ -491,18 +579,64 @@ class _StreamReader:
         self._advance(landing)
 
 
+class _Lost(NamedTuple):
+    """A frame lost to a decode error, in its place among the decoded frames: its pts (None
+    when its packet had none) tells which planned frame is lost. Never a keyframe to seek to."""
+
+    pts: int | None
+    key_frame: bool = False
+
+
 def _decoded_frames(container, stream):
     """Frames of ``stream`` from where the file is read, in presentation order, the decoder
     drained at the end. ``container.decode`` does the same but stops at the first packet that
-    fails to decode; here such a packet is skipped and decoding goes on."""
+    fails to decode; here decoding goes on, and each frame lost to a decode error yields a
+    ``_Lost`` marker where it would have come. A frame is lost when its packet was demuxed, a
+    decode error came after, and a later frame came out (decoders give frames in presentation
+    order) or the stream ended, without it. Matching packets to frames by pts, rather than
+    errors to the packets they were raised for, keeps the count right where a frame-threaded
+    decoder reports an error packets later; requiring an error keeps it right where packet
+    timestamps cannot be matched to frames (B-frames in AVI)."""
     import av
 
+    pending: dict[int, int] = {}  # pts of a packet whose frame has not come out -> errors before
+    errors = 0
     for packet in container.demux(stream):
+        if packet.pts is not None and packet.size:
+            pending[packet.pts] = errors
         try:
             frames = packet.decode()
         except av.FFmpegError:
+            errors += 1
+            if packet.pts is None:  # nothing to match it by: lost where decoding stands
+                yield _Lost(None)
             continue
-        yield from frames
+        for frame in frames:
+            if frame.pts is not None:
+                yield from _lost_before(pending, errors, frame.pts)
+            yield frame
+    yield from _lost_before(pending, errors, None)
+
+
+def _lost_before(pending: dict[int, int], errors: int, pts: int | None):
+    """``_Lost`` markers for the pending packets shown before ``pts`` (all, when None) that a
+    decode error followed; they are no longer pending, and neither is ``pts``, which came out."""
+    gone = sorted(p for p in pending if pts is None or p < pts)
+    for lost in gone:
+        if errors > pending.pop(lost):
+            yield _Lost(lost)
+    pending.pop(pts, None)
+
+
+def _frame_pixels(frame, size: tuple[int, int] | None) -> torch.Tensor:
+    """A decoded frame as (3, h, w) uint8, shown as players show it: resized to ``size`` (the
+    displayed size: the plan's) and turned by its display rotation. The resize is made on the
+    stored frame (to ``size`` with sides swapped for a quarter turn) so the turn moves only the
+    small frame; bicubic resizing treats both axes alike, so the order does not matter."""
+    turns = _quarter_turns(frame)
+    stored = size if size is None or turns % 2 == 0 else (size[1], size[0])
+    pixels = _resize(torch.from_numpy(frame.to_ndarray(format="rgb24")), stored)
+    return torch.rot90(pixels, turns, dims=(1, 2)).contiguous() if turns else pixels
 
 
 def _resize(hwc: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

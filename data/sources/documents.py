@@ -162,7 +162,8 @@ def _qa_sample(record: dict, refs: list[str], index: int, source: str, prompt: s
             turns = _messages_as_turns(record["messages"])
         llava = {**record, **meta, "image": refs, "conversations": turns}
         llava.pop("messages", None)
-        return llava_to_sample(llava, index, Path("."), source)
+        # The page refs are resolved (and confined) by the reader already.
+        return llava_to_sample(llava, index, Path("."), source, confine=False)
     question, answer, answers = record.get("question"), record.get("answer"), record.get("answers")
     if answer is None and isinstance(answers, list) and answers:
         answer = answers[0]
@@ -309,7 +310,7 @@ def _read_pdf_annotations(path: Path, task: str, ranges, cfg: SourceConfig,
             name = record.get("pdf")
             if not isinstance(name, str) or not name:
                 raise ValueError("no 'pdf' path in the record")
-            pdf = Path(images_lib.resolve(name, str(root)))
+            pdf = Path(images_lib.resolve(name, str(root), confine=not cfg.allow_outside_root))
             record_ranges = parse_pages(record["pages"]) if "pages" in record else ranges
             pages, out_of_range = select_pages(record_ranges, pdfpages.page_count(str(pdf)),
                                                str(pdf))
@@ -426,7 +427,8 @@ def _page_images_qa(root: Path, docs: list[Path], ranges, cfg: SourceConfig,
                 if not isinstance(record, dict):
                     raise ValueError(f"expected an object, got {type(record).__name__}")
                 folder = doc or _record_document(root, record, root in docs)
-                pages, images = _record_page_images(folder, record, ranges)
+                pages, images = _record_page_images(folder, record, ranges,
+                                                    not cfg.allow_outside_root)
                 samples.append(_qa_sample(record, [str(p) for p in images], index, str(qa_file),
                                           cfg.prompt, {"task": "qa", "doc": str(folder),
                                                        "pages": pages}))
@@ -447,7 +449,8 @@ def _record_document(root: Path, record: dict, root_is_document: bool) -> Path:
     return folder
 
 
-def _record_page_images(folder: Path, record: dict, ranges) -> tuple[list[int], list[Path]]:
+def _record_page_images(folder: Path, record: dict, ranges,
+                        confine: bool = True) -> tuple[list[int], list[Path]]:
     """The record's pages: by file name (``images``) or number (``pages``; default: the
     source's ``pages``, else all)."""
     images = _page_images(folder)
@@ -456,7 +459,7 @@ def _record_page_images(folder: Path, record: dict, ranges) -> tuple[list[int], 
         names = [names] if isinstance(names, str) else names
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ValueError("'images' must be a file name or a list of file names")
-        chosen = [folder / n for n in names]
+        chosen = [Path(images_lib.resolve(n, str(folder), confine=confine)) for n in names]
         for p in chosen:
             if not p.is_file():
                 raise ValueError(f"page image not found: {p}")

@@ -134,10 +134,11 @@ def _size_hint(width, height) -> tuple[int, int] | None:
     return (int(width), int(height)) if ok else None
 
 
-def _locate_image(original: str, root, hint: tuple[int, int] | None) -> tuple[str, int, int]:
+def _locate_image(original: str, root, hint: tuple[int, int] | None,
+                  confine: bool = True) -> tuple[str, int, int]:
     """(resolved reference, width, height): the size is the record's own when given, else the
-    image header's."""
-    ref = images_lib.resolve(original, str(root))
+    image header's. ``confine``: a relative path may not leave ``root``."""
+    ref = images_lib.resolve(original, str(root), confine=confine)
     problem = images_lib.check(ref)
     if problem:
         is_file = not images_lib.is_inline(ref) and "://" not in ref
@@ -156,7 +157,9 @@ def _sample(sample_id: str, index: int, source: str, ref: str, root: Path, promp
     record = {"id": sample_id, "messages": [
         {"role": "user", "content": [{"type": "image", "image": ref}, {"type": "text", "text": prompt}]},
         {"role": "assistant", "content": grounding_answer(targets)}]}
-    sample = messages_to_sample(record, index, root, source)
+    # ``ref`` was resolved (and confined) against ``root`` by _locate_image already: joined to
+    # nothing here (joining a relative ref to ``root`` again would look in root/root/).
+    sample = messages_to_sample(record, index, "", source, confine=False)
     sample.meta = meta
     return sample
 
@@ -213,7 +216,8 @@ def read_coco(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
             if not anns:
                 continue  # no (non-crowd) objects: nothing to locate
             ref, width, height = _locate_image(image["file_name"], root,
-                                               _size_hint(image.get("width"), image.get("height")))
+                                               _size_hint(image.get("width"), image.get("height")),
+                                               not cfg.allow_outside_root)
             objects = []  # (category id, label, pixel box)
             for ann in anns:
                 label = names.get(ann.get("category_id"))
@@ -255,7 +259,7 @@ def read_refcoco(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
             raise ValueError(f"missing image (column {roles['image']!r} is empty)")
         texts = _expressions(row[roles["expression"]], roles["expression"])
         hint = _size_hint(row.get(roles["width"]), row.get(roles["height"])) if roles["width"] else None
-        ref, width, height = _locate_image(images[0], split.root, hint)
+        ref, width, height = _locate_image(images[0], split.root, hint, not cfg.allow_outside_root)
         box = pixel_box(row[roles["bbox"]], box_format, width, height)
         meta = {k: v for k, v in row.items() if k != "segmentation"}  # polygons: not needed
         return [_sample(f"{sample_id}-{k}" if len(texts) > 1 else sample_id, index, split.where,
@@ -296,7 +300,7 @@ def _refcoco_refs(cfg, bad, task, template, box_format) -> list[Sample]:
             texts = _expressions(ref.get("sentences"), "sentences")
             image_ref, width, height = _locate_image(
                 str(image.get("file_name", "")), root,
-                _size_hint(image.get("width"), image.get("height")))
+                _size_hint(image.get("width"), image.get("height")), not cfg.allow_outside_root)
             box = pixel_box(ann.get("bbox"), box_format, width, height)
             for k, text in enumerate(texts):
                 meta = {"ref_id": ref.get("ref_id"), "image_id": ref.get("image_id"),
@@ -326,7 +330,8 @@ def read_screenspot(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
                     if roles["width"] else None)
             return [_screenspot_sample(row, row.get(roles["instruction"]), row.get(roles["bbox"]),
                                        images[0], hint, sample_id, index, split.where,
-                                       Path(split.root), task, template, box_format)]
+                                       Path(split.root), task, template, box_format,
+                                       not cfg.allow_outside_root)]
 
         return _read_hf_rows(cfg, bad, SCREENSPOT_ROLES, ("instruction", "bbox"), row_samples)
 
@@ -349,18 +354,19 @@ def read_screenspot(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
             hint = _size_hint(*size) if isinstance(size, list) and len(size) == 2 else None
             samples.append(_screenspot_sample(
                 record, record.get("instruction"), record.get("bbox"), file_name, hint,
-                sample_id, index, str(path), root, task, template, box_format))
+                sample_id, index, str(path), root, task, template, box_format,
+                not cfg.allow_outside_root))
         except ValueError as e:
             bad.add(BadSample(str(path), index, sample_id, str(e)))
     return samples
 
 
 def _screenspot_sample(record, instruction, raw_box, image, hint, sample_id, index, source,
-                       root, task, template, box_format) -> Sample:
+                       root, task, template, box_format, confine: bool = True) -> Sample:
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError("empty instruction")
     instruction = instruction.strip()
-    ref, width, height = _locate_image(image, root, hint)
+    ref, width, height = _locate_image(image, root, hint, confine)
     box = pixel_box(raw_box, box_format, width, height)
     meta = {k: v for k, v in record.items() if k not in ("bbox", "image")}
     meta.update(instruction=instruction, image_size=[width, height], boxes=[box],

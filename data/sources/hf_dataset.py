@@ -9,8 +9,9 @@ the split (a ``save_to_disk`` of a single ``Dataset`` has only one).
 Columns are found by role (``SourceConfig.columns`` maps role -> column; unmapped roles are
 guessed from common names, see ``ROLES``):
 
-- ``image``: an Image feature, a list of images, or a path string (resolved against
-  ``image_root``, default the dataset folder);
+- ``image``: an Image feature or any ``{bytes, path}`` struct, raw encoded bytes (a
+  ``binary`` column), a list of these, or a path string (resolved against ``image_root``,
+  default the dataset folder);
 - ``question`` and ``answer``: one user turn (images first, then the question, or ``prompt``
   formatted with the row: ``"{question}\\nAnswer briefly."``; placeholders are the row's
   columns and the role names; literal braces are written ``{{ }}``) and one assistant turn.
@@ -39,6 +40,7 @@ from data.config import SourceConfig
 from data.media import dataset_images
 from data.samples import BadSample, BadSampleLog, DataError, Sample
 from data.sources.chat import llava_to_sample, messages_to_sample
+from data.sources.media_refs import MediaRoots
 from data.sources.records import answer_list, template_fields
 
 # role -> column names tried in order when ``columns`` does not name one.
@@ -59,6 +61,13 @@ SCAN_ROWS = 1024  # rows per Arrow batch when scanning an image column's validit
 
 def _is_image_struct(t: pa.DataType) -> bool:
     return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+
+
+def _is_image_cell(t: pa.DataType) -> bool:
+    """An encoded image: a ``{bytes, path}`` struct (the Image feature, or a plain struct) or
+    raw bytes (a ``binary`` column: how many parquet exports store images, with no feature
+    metadata to say so)."""
+    return _is_image_struct(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -91,13 +100,14 @@ class HFSplit:
         return len(self.dataset)
 
     def image_kind(self, column: str) -> str | None:
-        """``image`` (one image struct), ``images`` (a list of them), ``path`` / ``paths``
-        (file paths as strings), or None if the column holds no images."""
+        """``image`` (one encoded image: a ``{bytes, path}`` struct or raw bytes), ``images``
+        (a list of them), ``path`` / ``paths`` (file paths as strings), or None if the column
+        holds no images."""
         t = self.dataset.features.arrow_schema.field(column).type
         item = _list_item(t)
-        if _is_image_struct(t):
+        if _is_image_cell(t):
             return "image"
-        if item is not None and _is_image_struct(item):
+        if item is not None and _is_image_cell(item):
             return "images"
         if _is_string(t):
             return "path"
@@ -195,7 +205,8 @@ def read_hf_dataset(cfg: SourceConfig, bad: BadSampleLog) -> list[Sample]:
         sample_id = str(raw_id) if raw_id is not None else str(index)
         try:
             if chat_col:
-                sample = _chat_row(row[chat_col], images or [], chat_col, sample_id, index, split)
+                sample = _chat_row(row[chat_col], images or [], chat_col, sample_id, index, split,
+                                   not cfg.allow_outside_root)
                 sample.meta = {k: v for k, v in row.items() if k != chat_col}
             else:
                 if image_col and not images:
@@ -215,7 +226,8 @@ def _check_roles(cfg: SourceConfig, split: HFSplit, roles: dict) -> list[str]:
     columns = ", ".join(split.columns)
     if image_col is not None and split.image_kind(image_col) is None:
         raise DataError(f"source {cfg.name}: column {image_col!r} holds no images (an Image "
-                        f"feature, a list of images or path strings); set columns.image")
+                        f"feature, image bytes, a list of images or path strings); set "
+                        f"columns.image")
     shared = [r for r, c in roles.items() if r != "image" and c is not None and c == image_col]
     if shared:
         raise DataError(f"source {cfg.name}: column {image_col!r} is both the image and the "
@@ -256,45 +268,32 @@ def _qa_row(cfg, roles, row, images, sample_id, index, split) -> Sample:
     content = [{"type": "image", "image": ref} for ref in images] + [{"type": "text", "text": text}]
     record = {"id": sample_id, "messages": [{"role": "user", "content": content},
                                             {"role": "assistant", "content": answers[0]}]}
-    sample = messages_to_sample(record, index, Path(split.root), split.where)
+    sample = messages_to_sample(record, index, Path(split.root), split.where,
+                                confine=not cfg.allow_outside_root)
     sample.meta = {**row, "answers": answers}
     return sample
 
 
 def _chat_row(turns, images: list[str], column: str, sample_id: str, index: int,
-              split: HFSplit) -> Sample:
+              split: HFSplit, confine: bool = True) -> Sample:
     """A chat cell in the LLaVA (``from``/``value``) or messages (``role``/``content``) layout,
-    through the chat converters."""
+    with the row's images as the record's image list, through the chat converters: they go
+    where ``<image>`` tags or bare image parts stand, else before the first user text, and a
+    count that differs is a bad sample (never an image dropped, or a tag left as text)."""
     if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict):
         raise ValueError(f"column {column!r} holds no list of turns")
-    root = Path(split.root)
+    roots = MediaRoots.of(Path(split.root), confine)
     if turns[0].get("from") is not None:
         record = {"id": sample_id, "image": images, "conversations": turns}
-        return llava_to_sample(record, index, root, split.where)
-    messages = [_drop_nulls(t) for t in turns]
-    pending = list(images)
-    n_slots = 0
-    for m in messages:
-        if isinstance(m.get("content"), list):
-            m["content"] = [_drop_nulls(p) for p in m["content"]]
-            for part in m["content"]:
-                if isinstance(part, dict) and part.get("type") == "image" and "image" not in part:
-                    n_slots += 1
-                    if pending:
-                        part["image"] = pending.pop(0)
-    if n_slots == 0 and images:
-        # Repair rule (as for LLaVA records): images without image parts go before the first
-        # user text.
-        first_user = next((m for m in messages if m.get("role") == "user"), None)
-        if first_user is None:
-            raise ValueError("no user turn to hold the row's images")
-        text = first_user.get("content")
-        parts = text if isinstance(text, list) else ([{"type": "text", "text": text}] if text else [])
-        first_user["content"] = [{"type": "image", "image": r} for r in images] + parts
-    elif n_slots != len(images):
-        raise ValueError(f"{n_slots} image parts in column {column!r} but {len(images)} images")
-    record = {"id": sample_id, "messages": messages}
-    return messages_to_sample(record, index, root, split.where)
+        return llava_to_sample(record, index, roots, split.where)
+    messages = []
+    for turn in turns:
+        turn = _drop_nulls(turn)
+        if isinstance(turn, dict) and isinstance(turn.get("content"), list):
+            turn["content"] = [_drop_nulls(part) for part in turn["content"]]
+        messages.append(turn)
+    record = {"id": sample_id, "messages": messages, **({"images": images} if images else {})}
+    return messages_to_sample(record, index, roots, split.where)
 
 
 def _drop_nulls(d):

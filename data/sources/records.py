@@ -1,5 +1,6 @@
-"""Record reading shared by the source readers: JSON / JSONL records with per-line errors, and
-the small value rules every reader applies (prompt templates filled from a record, answers).
+"""Record reading shared by the source readers: JSON / JSONL records with per-line errors (a
+file of one JSON object is one record; binary files are named as what they are), and the small
+value rules every reader applies (prompt templates filled from a record, answers).
 A leaf module: it knows files and values, not formats.
 """
 
@@ -13,28 +14,58 @@ from data.samples import BadSample, BadSampleLog, DataError
 
 
 def read_records(path: Path) -> list[dict]:
-    """A JSON list or a JSONL file, strictly: any malformed line stops with its line number."""
+    """A JSON list (or one JSON object) or a JSONL file, strictly: any malformed line stops with
+    its line number."""
     return [record for _, record in iter_records(path, None)]
 
 
+# Leading bytes of files a JSON reader may be pointed at by mistake -> what the file is and
+# what to do instead (said instead of "not valid UTF-8").
+MAGIC = (
+    (b"PAR1", "a parquet file; read it with format: hf_dataset"),
+    (b"ARROW1", "an Arrow file; read it with format: hf_dataset"),
+    (b"\xff\xff\xff\xff", ("an Arrow stream file (as datasets' save_to_disk writes); read its "
+                           "folder with format: hf_dataset")),
+    (b"\x1f\x8b", "gzip-compressed; decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a zip archive; unpack it first"),
+    (b"%PDF", "a PDF; read it with format: pdf"),
+    (b"\x89PNG", "a PNG image, not a data file"),
+    (b"\xff\xd8\xff", "a JPEG image, not a data file"),
+)
+
+
+def check_data_file(path: Path) -> None:
+    """DataError unless ``path`` is a file that may hold JSON text: a missing file, a folder, or
+    a binary file (parquet, arrow, an archive...) is named with what to do instead."""
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; JSON formats read one .json / .jsonl file (a "
+                        f"parquet or save_to_disk folder: format: hf_dataset; a LLaMA-Factory "
+                        f"data folder: format: llamafactory)")
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    for magic, what in MAGIC:
+        if head.startswith(magic):
+            raise DataError(f"{path} is {what}")
+    if b"\x00" in head:
+        raise DataError(f"{path} is a binary file, not JSON text (UTF-16 text: re-encode it as "
+                        f"UTF-8)")
+
+
 def iter_records(path: Path, bad: BadSampleLog | None):
-    """(index, record) pairs of a JSON list or JSONL file.
+    """(index, record) pairs of a JSON list, a JSON object (one record, index 0) or a JSONL file.
 
     JSONL is read line by line: with a ``bad`` log, a line that is not valid UTF-8 or not valid
     JSON is recorded (index = line number - 1) and the rest of the file is still read; a JSON
-    list must parse as a whole, so an error there names the line and stops.
+    document must parse as a whole, so an error there names the line and stops. A ``.json``
+    file holding JSON lines (which ``datasets`` and LLaMA-Factory accept) is read as JSONL.
+    Binary files (parquet, arrow...) are named as what they are (``check_data_file``).
     """
+    check_data_file(path)
     if path.suffix == ".jsonl":
         with open(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    yield line_no - 1, json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    _bad_line(path, line_no, f"not valid UTF-8 (byte {e.start} of the line)", bad)
-                except json.JSONDecodeError as e:
-                    _bad_line(path, line_no, f"invalid JSON ({e.msg})", bad)
+            yield from _iter_lines(path, f, bad)
         return
     try:
         text = path.read_bytes().decode("utf-8")
@@ -43,10 +74,29 @@ def iter_records(path: Path, bad: BadSampleLog | None):
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON lines in a .json
+            yield from _iter_lines(path, text.encode("utf-8").splitlines(keepends=True), bad)
+            return
         raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if isinstance(records, dict):  # one sample in a file of its own
+        yield 0, records
+        return
     if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
+        raise DataError(f"{path}: expected a JSON list of samples (or one sample object), got "
+                        f"{type(records).__name__}")
     yield from enumerate(records)
+
+
+def _iter_lines(path: Path, lines, bad: BadSampleLog | None):
+    for line_no, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            yield line_no - 1, json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            _bad_line(path, line_no, f"not valid UTF-8 (byte {e.start} of the line)", bad)
+        except json.JSONDecodeError as e:
+            _bad_line(path, line_no, f"invalid JSON ({e.msg})", bad)
 
 
 def _bad_line(path: Path, line_no: int, reason: str, bad: BadSampleLog | None) -> None:

@@ -22,7 +22,17 @@ REPAIRED = {
     "good-tiny_image": "a 1x1 image is upscaled by the processor to min_pixels (sides of 32)",
     "good-images_without_tags": "images go before the first user text (LLaVA convention)",
     "1": "a COCO box partly outside the image is clipped to it (data/sources/grounding.py)",
+    "good-exif_orientation": "a phone JPEG's EXIF orientation is applied, as viewers do",
+    "good-rotated_video": "a video's display-matrix rotation is applied, as players do",
+    "good-few_frames_filled": "a few undecodable video frames repeat the frame before them "
+                              "(recorded as a repair)",
 }
+# Lines that cannot be parsed have no sample id: they are named by line and this reason.
+UNPARSEABLE = {"bad-invalid_json_line": "invalid JSON", "bad-non_utf8_text": "not valid UTF-8"}
+# Repaired samples whose repair is recorded in the bad-sample log (stage "repaired").
+RECORDED_REPAIRS = ("good-few_frames_filled",)
+# Repaired samples that must come out in their displayed orientation: portrait (taller than wide).
+UPRIGHT = ("good-exif_orientation", "good-rotated_video")
 
 
 def _png(path: Path, size=(64, 48), seed=0) -> str:
@@ -46,6 +56,54 @@ def _audio_only(path: Path) -> str:
                                                format="fltp", layout="mono")
             frame.sample_rate, frame.pts = 8000, i * 1024
             for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.name
+
+
+def _oriented_jpeg(path: Path) -> str:
+    """A landscape 64x32 JPEG whose EXIF orientation 6 (a phone held upright) shows it
+    portrait, 32 wide and 64 high."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(path, exif=exif)
+    return path.name
+
+
+def _bomb_png(path: Path, side: int = 100_000) -> str:
+    """A PNG whose header claims side x side pixels (a decompression bomb), a few bytes long."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path.name
+
+
+def _video_with_bad_tail(path: Path, frames: int, bad_tail: int, rotation: int = 0) -> str:
+    """An MJPEG video of ``frames`` frames (4 fps) whose last ``bad_tail`` packets hold garbage
+    that fails to decode; ``rotation``: a display-matrix rotation in degrees (kept by MKV and
+    MP4, not by AVI)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuvj420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i in range(frames):
+            pixels = np.full((32, 64, 3), 8 * i % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                if i >= frames - bad_tail:
+                    garbage = av.Packet(b"\x00" * 64)
+                    garbage.pts, garbage.dts = packet.pts, packet.dts
+                    garbage.time_base, garbage.stream = packet.time_base, packet.stream
+                    packet = garbage
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -94,10 +152,21 @@ def write_faulty_corpus(out: str | Path, n_good: int = 8) -> tuple[list[SourceCo
                                       image=_png(out / "e.png")),
         "missing_assistant_turn": _chat("bad-missing_assistant_turn", "<image>\nQ", None,
                                         image=_png(out / "m.png")),
+        "non_string_media_field": _chat("bad-non_string_media_field", "<image>\nQ", image=7),
+        "decompression_bomb": _chat("bad-decompression_bomb", "<image>\nQ",
+                                    image=_bomb_png(out / "bomb.png")),
+        "undecodable_frames": _chat("bad-undecodable_frames", "<video>\nQ",
+                                    video=_video_with_bad_tail(out / "bad_tail.avi", 16, 8)),
     }
     repaired = [_chat("good-tiny_image", "<image>\nQ", "a dot", image="tiny.png"),
                 _chat("good-images_without_tags", "What is shown?", "noise",
-                      image=_png(out / "untagged.png"))]
+                      image=_png(out / "untagged.png")),
+                _chat("good-exif_orientation", "<image>\nQ", "red",
+                      image=_oriented_jpeg(out / "phone.jpg")),
+                _chat("good-rotated_video", "<video>\nQ", "grey",
+                      video=_video_with_bad_tail(out / "portrait.mkv", 8, 0, rotation=90)),
+                _chat("good-few_frames_filled", "<video>\nQ", "grey",
+                      video=_video_with_bad_tail(out / "one_bad.avi", 60, 2))]
     lines = [json.dumps(r) for r in good + repaired + list(bad.values())]
     lines.insert(3, '{"id": "bad-invalid_json_line", "conversations": [')
     raw = "\n".join(lines).encode()
@@ -106,6 +175,25 @@ def write_faulty_corpus(out: str | Path, n_good: int = 8) -> tuple[list[SourceCo
     expected = {f"bad-{kind}": kind for kind in bad}
     expected["bad-invalid_json_line"] = "invalid_json_line"
     expected["bad-non_utf8_text"] = "non_utf8_text"
+
+    # A LLaMA-Factory / ms-swift style chat file in a folder of its own (its data root):
+    # top-level media lists with tags in the text.
+    sub = out / "sub"
+    sub.mkdir(exist_ok=True)
+    _png(out / "outside.png")
+
+    def turns(question: str) -> list[dict]:
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": "A."}]
+
+    listed = {
+        "good-listed_media": {"messages": turns("<image>Q"), "images": [_png(sub / "in.png")]},
+        "bad-path_outside_root": {"messages": turns("<image>Q"), "images": ["../outside.png"]},
+        "bad-media_named_not_attached": {"messages": turns("<image>What is this?")},
+        "bad-audio": {"messages": turns("<audio>What is said?"), "audios": ["speech.wav"]},
+    }
+    (sub / "extra.jsonl").write_text("".join(json.dumps({"id": k, **v}) + "\n"
+                                             for k, v in listed.items()))
+    expected.update({k: k.removeprefix("bad-") for k in listed if k.startswith("bad-")})
 
     # Documents: an unreadable PDF referenced by an annotation file.
     (out / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf body")
@@ -123,6 +211,7 @@ def write_faulty_corpus(out: str | Path, n_good: int = 8) -> tuple[list[SourceCo
     (out / "coco.json").write_text(json.dumps(coco))
     expected["2"] = "box_outside_image"  # COCO samples are named by image id
     sources = [SourceConfig(path=str(out / "train.jsonl"), name="chat"),
+               SourceConfig(path=str(sub / "extra.jsonl"), format="messages", name="listed"),
                SourceConfig(path=str(out / "docs.jsonl"), format="pdf", name="docs", task="qa"),
                SourceConfig(path=str(out / "coco.json"), format="coco", name="boxes")]
     return sources, expected
@@ -130,10 +219,11 @@ def write_faulty_corpus(out: str | Path, n_good: int = 8) -> tuple[list[SourceCo
 
 def audit(cfg, processor) -> dict:
     """Read, plan and encode every sample of ``cfg`` (a DataConfig) under the skip policy, as a
-    training run would. Returns the good ids, every bad-sample record, and the exceptions that
-    escaped (crashes: a correct pipeline has none)."""
+    training run would. Returns the good ids, every bad-sample record, the records of samples
+    used after a repair, and the exceptions that escaped (crashes: a correct pipeline has none)."""
     from data.corpus import load_corpus
-    from data.samples import BadSample, BadSampleLog
+    from data.encode import REPAIRS
+    from data.samples import BadSampleLog, reason_of
 
     log = BadSampleLog("skip")
     crashes: list[str] = []
@@ -141,15 +231,36 @@ def audit(cfg, processor) -> dict:
         corpus = load_corpus(cfg, processor, log, plan=True)
     except Exception as e:  # noqa: BLE001 - counting what escapes is the point
         return {"good": [], "bad": log.records, "crashes": [f"{type(e).__name__}: {e}"]}
-    good = []
+    good, repaired, grids = [], [], {}
     for index, sample in enumerate(corpus.samples):
         try:
-            corpus.encoder_for(index).encode(sample)
+            example = corpus.encoder_for(index).encode(sample)
             good.append(sample.id)
+            grids[sample.id] = [tuple(g.tolist()) for key in ("image_grid_thw", "video_grid_thw")
+                                for g in example.get(key, [])]
+            repaired += [corpus.bad_record(index, reason) for reason in example.pop(REPAIRS, [])]
         except (OSError, ValueError) as e:  # what EncodedDataset skips and reports mid-run
-            log.records.append(BadSample(sample.source, sample.index, sample.id,
-                                         f"{type(e).__name__}: {e}"))
+            log.records.append(corpus.bad_record(index, reason_of(e)))
         except Exception as e:  # noqa: BLE001
             crashes.append(f"{sample.id}: {type(e).__name__}: {e}")
-    return {"good": good, "bad": log.records, "crashes": crashes}
+    return {"good": good, "bad": log.records, "repaired": repaired, "grids": grids,
+            "crashes": crashes}
+
+
+def tally(result: dict, expected: dict[str, str]) -> dict:
+    """How many kinds of hostile input ``audit`` met and handled: each bad sample reported (the
+    unparseable lines, which have no id, by their reason), each oriented medium trained in its
+    displayed orientation (a portrait grid), each recorded repair on record."""
+    reported = {r.sample_id for r in result["bad"]}
+    unparsed = " ".join(r.reason for r in result["bad"] if r.sample_id is None)
+    handled = {k for k in expected if k in reported}
+    handled |= {k for k, needle in UNPARSEABLE.items() if needle in unparsed}
+    upright = {k for k in UPRIGHT
+               if result["grids"].get(k) and all(h > w for _, h, w in result["grids"][k])}
+    recorded = {r.sample_id for r in result["repaired"]} & set(RECORDED_REPAIRS)
+    return {"kinds": len(expected) + len(UPRIGHT) + len(RECORDED_REPAIRS),
+            "handled": len(handled) + len(upright) + len(recorded),
+            "crashes": len(result["crashes"]),
+            "missed": sorted(set(expected) - handled) + sorted(set(UPRIGHT) - upright)
+            + sorted(set(RECORDED_REPAIRS) - recorded)}
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from data.config import DataConfig
+from data.encode import REPAIRS
 from data.prepared import (FORMAT_VERSION, SEQUENCE_FIELDS, VISUAL_FIELDS, encoding_config,
                            features, processor_fingerprint, source_stamp)
-from data.samples import BadSample, BadSampleFile
+from data.samples import BadSample, BadSampleFile, reason_of
 from data.tools.stats import SourceSamples, read_for_training
 
 
@@ -33,16 +34,17 @@ class EncodeRows:
     def __init__(self, sources: list[SourceSamples]):
         self.sources = sources
 
-    def encode(self, position: int, row: int) -> tuple[dict | None, BadSample | None]:
-        """(row of the dataset, None) or (None, failure record)."""
+    def encode(self, position: int, row: int) -> tuple[dict | None, BadSample | None, list]:
+        """(row of the dataset, None, repair records) or (None, failure record, [])."""
         sample = self.sources[position].samples[row]
         name = self.sources[position].config.name
         meta = {"id": sample.id, "source": name, "file": sample.source, "index": sample.index}
         try:
             example = self.sources[position].encoder.encode(sample)
         except (OSError, ValueError) as e:
-            return None, BadSample(sample.source, sample.index, sample.id,
-                                   f"{type(e).__name__}: {e}", name)
+            return None, BadSample(sample.source, sample.index, sample.id, reason_of(e), name), []
+        repairs = [BadSample(sample.source, sample.index, sample.id, reason, name)
+                   for reason in example.pop(REPAIRS, [])]
         unknown = sorted(set(example) - set(SEQUENCE_FIELDS) - set(VISUAL_FIELDS))
         if unknown:  # a new encoder output: extend features() rather than drop it silently
             raise KeyError(f"prepare cannot store encoded field {unknown[0]!r}; add it to "
@@ -50,7 +52,7 @@ class EncodeRows:
         row = {**meta, "fields": list(example), "length": len(example["input_ids"])}
         row.update({name: example[name].numpy() if name in example else None
                     for name in (*SEQUENCE_FIELDS, *VISUAL_FIELDS)})
-        return row, None
+        return row, None, repairs
 
 
 CHUNK_SAMPLES = 32  # at most this many samples per Arrow chunk file (and progress step)
@@ -64,24 +66,25 @@ def _init_worker(sources: list[SourceSamples]) -> None:
 
 
 def _encode_chunk(task: tuple[str, list[tuple[int, int]], object],
-                  worker: EncodeRows | None = None) -> tuple[str, int, list[BadSample]]:
+                  worker: EncodeRows | None = None) -> tuple[str, int, list[BadSample], list]:
     """Encode one chunk into an Arrow file with ``worker`` (in a pool: the process's own);
-    returns (file, rows written, failure records)."""
+    returns (file, rows written, failure records, repair records)."""
     from datasets.arrow_writer import ArrowWriter
 
     path, pairs, schema = task
     worker = worker or _worker
-    failures, written = [], 0
+    failures, repairs, written = [], [], 0
     with ArrowWriter(features=schema, path=path, writer_batch_size=8) as writer:
         for position, row in pairs:
-            encoded, failure = worker.encode(position, row)
+            encoded, failure, repaired = worker.encode(position, row)
+            repairs += repaired
             if failure:
                 failures.append(failure)
             else:
                 writer.write(encoded)
                 written += 1
         writer.finalize()
-    return path, written, failures
+    return path, written, failures, repairs
 
 
 def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path, num_proc: int = 1,
@@ -124,7 +127,7 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path, nu
                 results.append(_encode_chunk(task, worker))
                 bar.update(results[-1][1] + len(results[-1][2]))
         bar.close()
-        chunks = [datasets.Dataset.from_file(path) for path, written, _ in results if written]
+        chunks = [datasets.Dataset.from_file(path) for path, written, *_ in results if written]
         good = (datasets.concatenate_datasets(chunks) if chunks
                 else datasets.Dataset.from_dict({}, features=schema))
         target = out_dir / "dataset"
@@ -138,15 +141,18 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path, nu
     finally:
         bar.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    failures = [f for _, _, chunk_failures in results for f in chunk_failures]
-    return _write_reports(cfg, processor_path, out_dir, sources, len(good), failures)
+    failures = [f for _, _, chunk_failures, _ in results for f in chunk_failures]
+    repairs = [r for *_, chunk_repairs in results for r in chunk_repairs]
+    return _write_reports(cfg, processor_path, out_dir, sources, len(good), failures, repairs)
 
 
 def _write_reports(cfg: DataConfig, processor_path: str, out_dir: Path,
-                   sources: list[SourceSamples], n_good: int, failures: list[BadSample]) -> dict:
+                   sources: list[SourceSamples], n_good: int, failures: list[BadSample],
+                   repairs: list[BadSample]) -> dict:
     bad_file = BadSampleFile(out_dir / "bad_samples.jsonl", mode="w")
     bad_file.write([r for s in sources for r in s.bad.records], stage="read")
     bad_file.write(failures, stage="encode")
+    bad_file.write(repairs, stage="repaired")  # prepared and kept; the reason says what was done
     per_source = {}
     for s in sources:
         n_failed = sum(e.source == s.config.name for e in failures)

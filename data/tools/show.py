@@ -29,8 +29,8 @@ from PIL import Image, ImageDraw
 
 from data.boxes import answer_json, box_from_relative, point_from_relative
 from data.config import DataConfig
-from data.encode import IGNORE_INDEX
-from data.samples import BadSample, Sample
+from data.encode import IGNORE_INDEX, REPAIRS
+from data.samples import BadSample, Sample, reason_of
 from data.tools.stats import SourceSamples, read_for_training
 
 LABEL_MARKS = ("[[", "]]")
@@ -324,11 +324,14 @@ def run(cfg: DataConfig, processor, out_dir: str | Path, n: int = 5, ids: list[s
         try:
             example = src.encoder.encode(sample)
         except (OSError, ValueError) as e:
-            failed.append(BadSample(sample.source, sample.index, sample.id,
-                                    f"{type(e).__name__}: {e}", name).to_json("encode"))
+            failed.append(BadSample(sample.source, sample.index, sample.id, reason_of(e),
+                                    name).to_json("encode"))
             continue
+        repairs = example.pop(REPAIRS, [])
         entry = show_sample(k, sample, example, processor, out_dir, name,
                             TERMINAL_MARKS if terminal else LABEL_MARKS)
+        if repairs:
+            entry["repairs"] = repairs
         if print_text:
             print(f"----- {sample.id} ({name})\n{entry['text']}")
         shown.append(entry)

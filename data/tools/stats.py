@@ -29,7 +29,7 @@ from data.config import DataConfig, SourceConfig
 from data.encode import SampleEncoder
 from data.media.images import image_size
 from data.planner import TokenPlanner, image_grid
-from data.samples import BadSample, BadSampleFile, BadSampleLog, Sample
+from data.samples import BadSample, BadSampleFile, BadSampleLog, Sample, SampleError, reason_of
 from data.sources import load
 
 PERCENTILES = (50, 90, 99)
@@ -162,13 +162,11 @@ def plan_source(cfg: DataConfig, processor, source: SourceSamples, progress: boo
         try:
             plan = planner.plan(sample)
             sizes = [image_size(ref) for ref in sample.images]
-        except OSError as e:
-            group.bad.append(BadSample(sample.source, sample.index, sample.id,
-                                       f"unreadable image: {e}", source.config.name))
-            continue
-        except ValueError as e:
-            group.bad.append(BadSample(sample.source, sample.index, sample.id,
-                                       f"cannot count tokens: {e}", source.config.name))
+        except (OSError, ValueError) as e:
+            # The reason training's planner gives (data.corpus) for the same sample.
+            reason = reason_of(e) if isinstance(e, SampleError) else f"cannot plan: {reason_of(e)}"
+            group.bad.append(BadSample(sample.source, sample.index, sample.id, reason,
+                                       source.config.name))
             continue
         group.tokens["text"].append(plan.text_tokens)
         group.tokens["visual"].append(plan.visual_tokens)
