@@ -119,3 +119,22 @@ def test_a_repaired_sample_reaches_the_batch_report(faulty, processor):
     batch = TrainCollator(processor.tokenizer.pad_token_id)([EncodedDataset(corpus, "skip")[index]])
     assert [r.sample_id for r in batch["repaired"]] == ["good-few_frames_filled"]
     assert "could not be decoded" in batch["repaired"][0].reason and batch["skipped"] == []
+
+
+def test_check_a_config_reads_as_training_does(faulty, audited, tiny, tmp_path):
+    """``python -m data check CONFIG --model DIR``: every source of a data section read and
+    planned by the trainer's own code, with the processor of the checkpoint."""
+    sources, _ = faulty
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({
+        "sources": [{"path": s.path, "format": s.format, "name": s.name,
+                     **({"task": s.task} if s.task else {})} for s in sources],
+        "vision": {"max_pixels": BUDGET.max_pixels}}))
+    out = tmp_path / "report"
+    assert data_main(["check", str(config), "--model", str(tiny["dense"]), "--out", str(out),
+                      "--no-progress"]) == 1
+    rows = [json.loads(line) for line in (out / "bad_samples.jsonl").open()]
+    trained = {(r.sample_id, r.reason) for r in audited["bad"]}
+    assert {(r["id"], r["reason"]) for r in rows} == \
+        {(i, r) for i, r in trained if i != "bad-undecodable_frames"}
+    assert {r["source"] for r in rows} == {s.name for s in sources}
