@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MIN_SIDE = 32  # Qwen3-VL: patch 16 x merge 2; resized sides are multiples of this
+PDF_DPI_RANGE = (36, 600)  # rendering resolutions a PDF source (and a pdfpage:// reference) may ask
 
 # The formats a source may name: the readers registered in data.sources.FORMATS (a test keeps
 # the two equal; the config does not import the readers).
@@ -150,8 +151,9 @@ class SourceConfig:
             raise ValueError(f"source {self.path}: weight must be > 0, got {self.weight}")
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError(f"source {self.path}: max_samples must be > 0")
-        if not 36 <= self.dpi <= 600:
-            raise ValueError(f"source {self.path}: dpi must be in [36, 600], got {self.dpi}")
+        low, high = PDF_DPI_RANGE
+        if not low <= self.dpi <= high:
+            raise ValueError(f"source {self.path}: dpi must be in [{low}, {high}], got {self.dpi}")
         if self.box_format is not None:
             from data.boxes import BOX_FORMATS
 

@@ -227,6 +227,21 @@ def test_rendering_a_page_whose_file_went_away_is_an_os_error(tmp_path):
         images_lib.load_image(ref)
 
 
+def test_a_huge_page_renders_within_the_pixel_bound_and_dpi_is_bounded(tmp_path):
+    """A few hundred bytes of PDF can declare a 200-inch page: at 600 dpi that is 14 gigapixels.
+    It is rendered at the scale that fits ``MAX_RENDER_PIXELS`` (the planner says the same
+    size), and a reference asking a dpi past the sources' range is refused."""
+    pdf = make_pdf(tmp_path / "poster.pdf", [(14400, 7200, None, 0)])
+    assert pdf.stat().st_size < 1000
+    ref = pdfpages.page_ref(str(pdf), 1, 600)
+    height, width = images_lib.image_size(ref)
+    assert height * width <= pdfpages.MAX_RENDER_PIXELS and abs(width / height - 2) < 0.01
+    assert images_lib.load_image(ref).size == (width, height)
+    for dpi in (10, 100_000):
+        bad = f"pdfpage://{pdf}#page=1&dpi={dpi}"
+        assert "dpi in [36, 600]" in images_lib.check(bad)
+
+
 def page_png(path, size=(64, 96)):
     Image.new("RGB", size, "white").save(path)
     return path

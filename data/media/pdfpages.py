@@ -6,8 +6,11 @@ numbers are 1-based, as in PDF viewers), registered in ``data.media.images.SCHEM
 
 - ``ref_size`` gives the rendered (height, width) from the page size in points and the dpi
   (72 points per inch) without parsing or rendering the page, so the token planner stays cheap;
-  it uses pypdfium2's own arithmetic (``ceil(points * dpi / 72)``), so it equals the rendered
-  image's size exactly.
+  it uses pypdfium2's own arithmetic (``ceil(points * scale)``), so it equals the rendered
+  image's size exactly. A page so large that it would render past ``MAX_RENDER_PIXELS`` (PDF
+  pages may be 200 inches a side: a 553-byte file can ask for gigabytes) is rendered at the
+  lower scale that fits; the processor scales every page down to the vision budget anyway,
+  far below this bound. The dpi of a reference must lie in ``PDF_DPI_RANGE``, as a source's.
 - ``open_ref`` renders the page (RGB, white background) when a sample is encoded.
 - ``check_ref`` says why a reference cannot be read (missing, corrupt or encrypted file,
   page out of range), or None.
@@ -26,10 +29,14 @@ from urllib.parse import quote, unquote
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 
+from data.config import PDF_DPI_RANGE
 from data.media.cache import ProcessCache
 
 SCHEME = "pdfpage://"
 POINTS_PER_INCH = 72
+# Most pixels a page is rendered at (16.8M, 4096 x 4096): above Qwen3-VL's largest image
+# budget (max_pixels of 16M), so no page the model could see in more detail is reduced.
+MAX_RENDER_PIXELS = 4096 * 4096
 _docs = ProcessCache(8, close=lambda doc: doc.close())  # (path, size, mtime) -> PdfDocument
 _lock = _docs.lock  # held around every PDFium call
 
@@ -48,8 +55,10 @@ def parse_ref(ref: str) -> tuple[str, int, int]:
     except (KeyError, ValueError):
         raise ValueError(f"malformed PDF page reference {ref!r} (expected "
                          f"{SCHEME}/path/a.pdf#page=N&dpi=D)") from None
-    if page < 1 or dpi < 1:
-        raise ValueError(f"PDF page reference {ref!r}: page and dpi must be >= 1")
+    low, high = PDF_DPI_RANGE
+    if page < 1 or not low <= dpi <= high:
+        raise ValueError(f"PDF page reference {ref!r}: page must be >= 1 and dpi in "
+                         f"[{low}, {high}]")
     return unquote(body), page, dpi
 
 
@@ -106,9 +115,23 @@ def page_points(path: str, page: int) -> tuple[float, float]:
         return doc.get_page_size(page - 1)
 
 
-def rendered_size(width_pt: float, height_pt: float, dpi: int) -> tuple[int, int]:
-    """(height, width) in pixels: the same arithmetic as ``PdfPage.render(scale=dpi / 72)``."""
+def render_scale(width_pt: float, height_pt: float, dpi: int) -> float:
+    """Pixels per point a page is rendered at: ``dpi / 72``, lowered for a page that would
+    exceed ``MAX_RENDER_PIXELS`` so that it fits (aspect ratio kept)."""
     scale = dpi / POINTS_PER_INCH
+    pixels = math.ceil(width_pt * scale) * math.ceil(height_pt * scale)
+    if pixels > MAX_RENDER_PIXELS:
+        # floor(...) of the ideal scale, then step down until the ceil-rounded sides fit.
+        scale *= math.sqrt(MAX_RENDER_PIXELS / pixels)
+        while math.ceil(width_pt * scale) * math.ceil(height_pt * scale) > MAX_RENDER_PIXELS:
+            scale *= 0.999
+    return scale
+
+
+def rendered_size(width_pt: float, height_pt: float, dpi: int) -> tuple[int, int]:
+    """(height, width) in pixels: the same arithmetic as ``PdfPage.render(scale=...)`` at
+    ``render_scale``."""
+    scale = render_scale(width_pt, height_pt, dpi)
     return math.ceil(height_pt * scale), math.ceil(width_pt * scale)
 
 
@@ -152,11 +175,12 @@ def open_ref(ref: str):
     (what the trainer's mid-run skip catches)."""
     try:
         path, page, dpi = parse_ref(ref)
-        height, width = ref_size(ref)
+        points = page_points(path, page)
+        height, width = rendered_size(*points, dpi)
         with _lock:
             pdf_page = open_document(path)[page - 1]
             try:
-                bitmap = pdf_page.render(scale=dpi / POINTS_PER_INCH, rev_byteorder=True)
+                bitmap = pdf_page.render(scale=render_scale(*points, dpi), rev_byteorder=True)
                 image = bitmap.to_pil().convert("RGB")  # a copy: independent of the bitmap
                 bitmap.close()
             finally:
