@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from data.config import VisionBudget
 
+# A checkpoint name becomes a file and folder name (results/<name>.json, predictions/<name>/),
+# so it may not climb out of output_dir or hide in it.
+NAME = re.compile(r"[A-Za-z0-9._\-+@=]+")
+NAME_RULE = "letters, digits and . _ - + @ = only (no path separators or spaces; not '.' or '..')"
+
+
+def check_name(name: str, key: str) -> None:
+    """Raise a ValueError naming ``key`` unless ``name`` is safe as a file name."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{key} {name!r}: a checkpoint name becomes a file name under output_dir "
+                         f"(results/<name>.json, predictions/<name>/); use {NAME_RULE}")
+
 
 @dataclass
 class CheckpointSpec:
     name: str = field(default="", metadata={
-        "help": "the checkpoint's row label in the leaderboard, e.g. base (unique; required)"})
+        "help": "the checkpoint's row label in the leaderboard and its file name under "
+                "output_dir, e.g. base (unique; required; letters, digits and . _ - + @ =)"})
     path: str = field(default="", metadata={
         "help": "a full checkpoint: hub id or folder (required)"})
     adapter: str | None = field(default=None, metadata={
@@ -131,6 +145,8 @@ class EvalConfig:
     def __post_init__(self):
         if not self.checkpoints or not self.tasks:
             raise ValueError("eval config needs at least one entry in checkpoints and in tasks")
+        for i, c in enumerate(self.checkpoints):
+            check_name(c.name, f"checkpoints[{i}].name")
         names = [c.name for c in self.checkpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"checkpoints: names must be unique, got {names}")

@@ -22,7 +22,12 @@ leaderboard files, in any mix; ``normalise`` turns each row into an entry. When 
 (checkpoint, task) appears more than once, the entry with the newest ``date`` wins (no date
 counts as oldest; on a tie the one read last wins), so re-running an eval into a new folder
 updates the board instead of duplicating rows. Entries keep the order in which their
-(checkpoint, task) was first seen.
+(checkpoint, task) was first seen. The CLI warns when a checkpoint's merged entries come from
+results of different weights (``mixed_weights``: their rows' ``fingerprint`` differs).
+
+Names and other text from results files are escaped in every output: HTML-escaped in the page
+and in the Markdown (where ``[``, ``]``, ``|``, ... are also backslash-escaped), so that a name
+is shown as text and never becomes markup, a link or a broken table.
 """
 
 from __future__ import annotations
@@ -97,14 +102,37 @@ def as_entries(rows: list[dict]) -> list[dict]:
 
 def read_rows(path: Path) -> list[dict]:
     """The entries of one results or leaderboard file (a JSON list of rows)."""
-    path = Path(path)
+    return [normalise(row, f"{path}: row {i}") for i, row in enumerate(_read_list(Path(path)))]
+
+
+def _read_list(path: Path) -> list:
     try:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of result rows, got {type(rows).__name__}")
-    return [normalise(row, f"{path}: row {i}") for i, row in enumerate(rows)]
+    return rows
+
+
+def mixed_weights(sources: list[str | Path]) -> list[str]:
+    """A message for each checkpoint name whose entries, after merging, come from results of
+    different weights (the results rows' ``fingerprint``): a name reused for a retrained model
+    in another output folder would otherwise show one model's score on one task beside another
+    model's on the next. One eval folder never holds such a mix (``eval.results``); rows
+    without a fingerprint (older versions, leaderboard files) are not compared."""
+    tagged = [dict(normalise(row, f"{path}: row {i}"), fingerprint=row.get("fingerprint"))
+              for source in sources for path in result_files(Path(source))
+              for i, row in enumerate(_read_list(path))]
+    weights: dict[str, dict[str, list[str]]] = {}
+    for entry in merge(tagged):
+        if entry["fingerprint"]:
+            by_fp = weights.setdefault(entry["checkpoint"], {})
+            by_fp.setdefault(str(entry["fingerprint"]), []).append(entry["task"])
+    return [f"checkpoint {ck} mixes results of different weights ("
+            + "; ".join(f"fingerprint {fp}: {', '.join(tasks)}" for fp, tasks in by_fp.items())
+            + "): re-run the older tasks on the current weights, or give the models different names"
+            for ck, by_fp in weights.items() if len(by_fp) > 1]
 
 
 def result_files(source: Path) -> list[Path]:
@@ -182,14 +210,24 @@ def markdown(rows: list[dict], base: str | None = None) -> str:
                 cell += f" ({100 * (value - ref):+.1f})"
             cells.append(cell)
         lines.append(f"| {_md(ck)} | " + " | ".join(cells) + " |")
-    note = f"; deltas in points vs {base}" if base is not None else ""
+    note = f"; deltas in points vs {_md(base)}" if base is not None else ""
     return "\n".join(lines) + f"\n\nScores in %{note}. n per task: " + ", ".join(
-        f"{c['task']}={c['n']}" for c in cols) + "\n"
+        f"{_md(c['task'])}={c['n']}" for c in cols) + "\n"
 
 
-def _md(text: str) -> str:
-    """A table cell's text: a ``|`` in a name would otherwise split the cell."""
-    return text.replace("|", "\\|")
+# Names and task texts come from results files anyone may have written: in Markdown, HTML
+# would pass through to a renderer as markup ("<img onerror=...>"), "[x](javascript:...)"
+# would become a link, and "|" would split the table cell. A backslash is doubled so that it
+# cannot undo the escape of the character after it.
+MD_ESCAPES = {"\\": "\\\\", "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "[": "\\[",
+              "]": "\\]", "`": "\\`", "*": "\\*"}
+
+
+def _md(text) -> str:
+    """``text`` as literal Markdown table-cell text (see ``MD_ESCAPES``); a line break would
+    end the table row, so it becomes a space."""
+    text = " ".join(str(text).splitlines())
+    return "".join(MD_ESCAPES.get(ch, ch) for ch in text)
 
 
 def write(rows: list[dict], stem: str | Path, base: str | None = None) -> tuple[Path, Path]:
@@ -302,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         entries = load(args.sources)
         _check_base(entries, args.base)
+        mixed = mixed_weights(args.sources)
     except (OSError, ValueError) as e:
         print(f"[leaderboard] {e}")
         return 2
+    for message in mixed:
+        print(f"[leaderboard] warning: {message}")
     print(markdown(entries, args.base))
     if args.out:
         written = [*write(entries, args.out, args.base)]

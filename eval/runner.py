@@ -1,11 +1,15 @@
 """Run checkpoints over tasks: batched generation, streamed predictions, scores.
 
 Predictions stream to ``output_dir/predictions/<checkpoint>/<task>.jsonl`` as each batch
-finishes, each record tagged with a hash of (checkpoint, adapter, task, generation, vision,
-dtype, backend). A rerun with the same settings skips what is already there, so a killed eval
-loses nothing and scores the same. A sample that cannot be prepared (an unreadable image) or
-generated (see ``generate_each``) is recorded as a failure and scored 0; it never stops the
-run, and a rerun tries it again.
+finishes, each record tagged with its cache ``key``: a hash of the settings (checkpoint path,
+adapter, task, generation, vision, dtype, backend: ``settings``) and of the checkpoint's
+content (``fingerprint``, see ``eval.fingerprint``), both also stored. A rerun with the same
+settings on the same weights skips what is already there, so a killed eval loses nothing and
+scores the same; new weights at the same path are generated again (and the console says so),
+never scored from the old weights' predictions. A half-written last line (a kill mid-write)
+is skipped with a note and its sample generated again (``eval.predictions``). A sample that
+cannot be prepared (an unreadable image) or generated (see ``generate_each``) is recorded as a
+failure and scored 0; it never stops the run, and a rerun tries it again.
 
 Each prediction is scored once, when it is written: the record carries ``score``, ``parsed``
 and ``scorer``, a fingerprint of the task's scoring settings (MathVista's judge; null for tasks
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -35,19 +38,32 @@ from tqdm import tqdm
 from data.encode import REPAIRS
 from eval import leaderboard
 from eval.checkpoints import resolve_checkpoint
-from eval.config import EvalConfig
+from eval.config import EvalConfig, check_name
+from eval.fingerprint import checkpoint_fingerprint
 from eval.generate import build_generator
 from eval.metrics import prompt_opens_thinking, strip_thinking, thinking_truncated
+from eval.predictions import merge_parts, open_append, read_records
+from eval.results import read_results, results_path, update_results
 from eval.tasks import get_task
 from train.distributed import DistInfo, barrier, cleanup, init_distributed
 
 
 def run_key(cfg: EvalConfig, ck, spec) -> str:
+    """A short hash of the settings a prediction depends on (not the weights: see ``cache_key``)."""
     task = {k: v for k, v in asdict(spec).items() if k != "judge"}  # scoring only: see scorer_key
     payload = {"path": ck.path, "adapter": ck.adapter, "task": task,
                "generation": asdict(cfg.generation), "vision": asdict(cfg.vision),
                "dtype": cfg.dtype, "backend": cfg.backend}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_key(settings: str, fingerprint: str | None) -> str:
+    """The key predictions are cached under: the settings and the checkpoint's content, so that
+    new weights at the same path miss the cache. Without a fingerprint (a caller evaluating a
+    generator it built itself) it is the settings key alone, as before fingerprints existed."""
+    if fingerprint is None:
+        return settings
+    return hashlib.sha1(f"{settings}/{fingerprint}".encode()).hexdigest()[:16]
 
 
 def scorer_key(task) -> str | None:
@@ -69,55 +85,58 @@ class EvalHooks:
         """Called on every rank after each batch's predictions are written and flushed."""
 
 
-def prediction_files(pred_path: Path) -> list[Path]:
-    """The merged file and any per-rank parts a data-parallel run left (killed before merging)."""
-    return [pred_path, *sorted(pred_path.parent.glob(f"{pred_path.stem}.rank*.jsonl"))]
+def cached(records: list[dict], key: str) -> dict[str, dict]:
+    """Sample id -> its last record made under ``key`` (a later record supersedes: a rescored
+    one, or a failed sample's retry)."""
+    return {r["id"]: r for r in records if r.get("key") == key}
 
 
-def read_cached(pred_path: Path, key: str) -> dict[str, dict]:
-    done = {}
-    for path in prediction_files(pred_path):
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill mid-write
-                if record.get("key") == key:
-                    done[record["id"]] = record
-    return done
+def old_fingerprint(records: list[dict], settings: str, fingerprint: str | None) -> str | None:
+    """The fingerprint of the newest records made with these settings under other weights
+    ("none" for records of versions that stored no fingerprint); None when there are none."""
+    for r in reversed(records):
+        if r.get("settings", r.get("key")) == settings and r.get("fingerprint") != fingerprint:
+            return r.get("fingerprint") or "none"
+    return None
 
 
-def merge_parts(pred_path: Path) -> None:
-    """Append the per-rank parts to the merged file, then delete them. A kill in between only
-    leaves duplicate records, which ``read_cached`` folds by sample id."""
-    parts = prediction_files(pred_path)[1:]
-    if not parts:
-        return
-    with open(pred_path, "a") as f:
-        for part in parts:
-            f.write(part.read_text())
-        f.flush()
-        os.fsync(f.fileno())
-    for part in parts:
-        part.unlink()
+def say_why_regenerating(records: list[dict], settings: str, fingerprint: str | None,
+                         done: dict, ck_name: str) -> None:
+    """Tell the user that cached predictions exist but belong to other weights, so a run that
+    generates everything again is not a mystery (and the old numbers are not reported)."""
+    old = old_fingerprint(records, settings, fingerprint) if fingerprint and not done else None
+    if old == "none":
+        print(f"[eval] checkpoint {ck_name}: its cached predictions carry no weights fingerprint "
+              f"(written by an older version), so they may be another model's: regenerating",
+              flush=True)
+    elif old:
+        print(f"[eval] checkpoint {ck_name} changed since its cached predictions (fingerprint "
+              f"{old} -> {fingerprint}): regenerating", flush=True)
 
 
 def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
-                  dist: DistInfo | None = None, hooks: EvalHooks | None = None) -> dict | None:
+                  dist: DistInfo | None = None, hooks: EvalHooks | None = None,
+                  fingerprint: str | None = None) -> dict | None:
     """Generate and score what is missing for one (checkpoint, task), then summarise. Under
     data parallel, every rank generates its share and rank 0 alone returns the result row
-    (others: None)."""
+    (others: None). ``fingerprint``: the checkpoint's content (``eval.fingerprint``), part of
+    the cache key; ``evaluate`` always passes it."""
     hooks = hooks if hooks is not None else EvalHooks()
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     task = get_task(spec.name, spec)
     samples = task.load(spec)[: spec.limit]
     budget = cfg.vision.with_overrides(spec.vision, f"tasks.{spec.name}.vision")
-    key, scorer = run_key(cfg, ck, spec), scorer_key(task)
+    settings, scorer = run_key(cfg, ck, spec), scorer_key(task)
+    key = cache_key(settings, fingerprint)
+    tags = {"key": key, "settings": settings, "fingerprint": fingerprint}
     opens_thinking = prompt_opens_thinking(generator.processor)
+    check_name(ck.name, "checkpoints[].name")  # it becomes a folder name
     pred_path = out_dir / "predictions" / ck.name / f"{spec.name}.jsonl"
     pred_path.parent.mkdir(parents=True, exist_ok=True)
-    done = read_cached(pred_path, key)
+    records = read_records(pred_path, note=_say if rank == 0 else None)
+    done = cached(records, key)
+    if rank == 0:
+        say_why_regenerating(records, settings, fingerprint, done, ck.name)
     barrier()  # every rank has read the cache before any rank writes to it
     todo = [s for s in samples if s.id not in done or "error" in done[s.id]]
     mine = todo[rank::world]
@@ -126,12 +145,12 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
     t0 = time.perf_counter()
     bar = tqdm(total=len(mine), desc=f"{ck.name}/{spec.name}", dynamic_ncols=True, mininterval=1.0,
                disable=not cfg.progress or not mine or rank != 0)
-    with open(out_path, "a") as f, bar:
+    with open_append(out_path) as f, bar:
         for i in range(0, len(mine), cfg.generation.batch_size):
             chunk = mine[i:i + cfg.generation.batch_size]
             for s, record in predict_batch(generator, chunk, budget, opens_thinking):
                 record = score_record(task, s, record, scorer)
-                f.write(json.dumps({**record, "key": key}) + "\n")
+                f.write(json.dumps({**record, **tags}) + "\n")
             f.flush()
             bar.update(len(chunk))
             hooks.batch_written()
@@ -142,14 +161,31 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
         barrier()
         return None
     merge_parts(pred_path)
-    done = read_cached(pred_path, key)
+    done = cached(read_records(pred_path), key)
     barrier()  # merged: no rank reads parts of this task any more
+    check_complete(samples, done, pred_path)
     rescored = rescore_stale(task, samples, done, scorer, pred_path)
     row = score_task(task, samples, done)
     row.update(checkpoint=ck.name, task=spec.name, split=spec.split or getattr(task, "split", None),
                benchmark=getattr(task, "benchmark", spec.name), generated=len(todo),
-               rescored=rescored, processes=world, seconds=round(seconds, 2), config_hash=key)
+               rescored=rescored, processes=world, seconds=round(seconds, 2), config_hash=key,
+               fingerprint=fingerprint)
     return row
+
+
+def _say(message: str) -> None:
+    print(f"[eval] {message}", flush=True)
+
+
+def check_complete(samples: list, done: dict[str, dict], pred_path: Path) -> None:
+    """Every sample has a record once its generation is written; if one has none (another
+    eval writing the same file at the same time, say), stop with the file's name rather than
+    a bare KeyError."""
+    missing = [s.id for s in samples if s.id not in done]
+    if missing:
+        raise RuntimeError(f"{pred_path}: no readable record for {len(missing)} sample(s) "
+                           f"({', '.join(missing[:3])}) after generating them; is another eval "
+                           f"writing into this output_dir? Run again to generate them")
 
 
 def predict_batch(generator, chunk: list, budget, opens_thinking: bool) -> list[tuple]:
@@ -223,11 +259,11 @@ def rescore_stale(task, samples: list, done: dict[str, dict], scorer: str | None
                   pred_path: Path) -> int:
     """Rescore, in ``done``, the samples whose records were scored under other settings, and
     append the rescored records to the predictions file, where they supersede the old ones
-    (``read_cached`` keeps a sample's last record), so that the next run does not ask a judge
+    (``cached`` keeps a sample's last record), so that the next run does not ask a judge
     again. Returns how many were rescored."""
     stale = [s for s in samples if not scored_under(done[s.id], scorer)]
     if stale:
-        with open(pred_path, "a") as f:
+        with open_append(pred_path) as f:
             for s in stale:
                 done[s.id] = score_record(task, s, done[s.id], scorer)
                 f.write(json.dumps(done[s.id]) + "\n")
@@ -270,28 +306,33 @@ def breakdown_keys(task, sample) -> list[str]:
 
 
 def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
-    """Every checkpoint on every task; results/<checkpoint>.json and the leaderboard. Returns
-    the result rows (on rank 0; other ranks of a data-parallel run return []). ``hooks``: see
-    ``EvalHooks``."""
+    """Every checkpoint on every task; results/<checkpoint>.json (merged with earlier runs':
+    see ``eval.results``) and the leaderboard. Returns this run's result rows (on rank 0; other
+    ranks of a data-parallel run return []). ``hooks``: see ``EvalHooks``."""
     dist = init_distributed()
     if cfg.backend == "vllm" and dist.world_size > 1:
         raise ValueError("backend: vllm runs in one process (it shards with vllm.tensor_parallel_size); "
                          "launch it with python -m eval, not torchrun")
     out_dir = Path(cfg.output_dir)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        for ck in cfg.checkpoints:  # an unreadable results file stops the run before any work
+            read_results(results_path(out_dir, ck.name))
     all_rows = []
     for ck in cfg.checkpoints:
         announce = (lambda message: print(f"[eval] {ck.name}: {message}", flush=True)) \
             if dist.is_main else None
         resolved = resolve_checkpoint(ck.path, ck.adapter, announce)
+        fingerprint = checkpoint_fingerprint(resolved)
         if dist.is_main:
             print(f"[eval] {ck.name}: {resolved.kind} {resolved.arch} checkpoint, model {resolved.model}"
-                  + (f", adapter {resolved.adapter}" if resolved.adapter else ""), flush=True)
+                  + (f", adapter {resolved.adapter}" if resolved.adapter else "")
+                  + f", fingerprint {fingerprint}", flush=True)
         generator = build_generator(resolved, cfg, dist.device)
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows = []
         for spec in cfg.tasks:
-            row = evaluate_task(generator, cfg, ck, spec, out_dir, dist, hooks)
+            row = evaluate_task(generator, cfg, ck, spec, out_dir, dist, hooks, fingerprint)
             if row is None:
                 continue
             row.update(model=resolved.model, adapter=resolved.adapter, checkpoint_kind=resolved.kind,
@@ -301,7 +342,7 @@ def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
                   + (f", rescored={row['rescored']}" if row["rescored"] else "") + ")", flush=True)
             rows.append(row)
         if dist.is_main:
-            (out_dir / "results" / f"{ck.name}.json").write_text(json.dumps(rows, indent=1))
+            update_results(results_path(out_dir, ck.name), rows, fingerprint, announce)
         all_rows += rows
         del generator
     if cfg.leaderboard and dist.is_main:

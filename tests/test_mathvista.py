@@ -232,10 +232,10 @@ def test_judge_set_in_the_eval_yaml(tmp_path):
     def config(task_entry: str) -> EvalConfig:
         return load_config(EvalConfig, None, ["checkpoints=[{name: a, path: b}]", f"tasks=[{task_entry}]"])
 
-    cfg = config("{name: mathvista_testmini, data: x, judge: {base_url: 'http://j/v1', model: m, "
+    cfg = config("{name: mathvista_testmini, data: x, judge: {base_url: 'https://j/v1', model: m, "
                  "api_key_env: K}}")
     spec = cfg.tasks[0]
-    assert get_task(spec.name, spec).judge == Judge("http://j/v1", "m", api_key_env="K")
+    assert get_task(spec.name, spec).judge == Judge("https://j/v1", "m", api_key_env="K")
     # The judge only extracts answers from predictions: changing it keeps the prediction cache.
     plain = config("{name: mathvista_testmini, data: x}")
     assert run_key(cfg, cfg.checkpoints[0], spec) == run_key(plain, plain.checkpoints[0], plain.tasks[0])

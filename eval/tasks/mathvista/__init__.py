@@ -71,6 +71,8 @@ class MathVistaTask:
             fields = [f.name for f in dataclasses.fields(Judge)]
             raise ValueError(f"tasks.{self.name}.judge: {e}; keys: {', '.join(fields)} "
                              f"(base_url and model are required)") from None
+        except ValueError as e:  # the judge's own check, which names its key
+            raise ValueError(f"tasks.{self.name}.{e}") from None
 
     def scoring_settings(self) -> dict | None:
         """What can change a score without changing the prediction: the judge's endpoint,
