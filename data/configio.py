@@ -1,14 +1,17 @@
 """Typed YAML configs: dataclasses that validate themselves, loaded with ``key=value`` overrides.
 
 Every entry point (``python -m train``, ``python -m eval``) reads its config through
-``load_config``: unknown keys and wrong types fail at start with the key's full dotted name,
-and each dataclass's ``__post_init__`` checks values and says what to change. Each field's
+``load_config``: unknown keys, wrong types and non-finite numbers (``.nan``, ``inf``) fail at
+start with the key's full dotted name, YAML that is not plain data (a ``!!python/object`` tag)
+with the file and line, and each dataclass's ``__post_init__`` checks values and says what to
+change. Each field's
 ``metadata["help"]`` says what it does; ``--help`` lists every key with it (``keys_help``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import textwrap
 import types
@@ -29,19 +32,34 @@ def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml(path.read_text(), str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        _set_dotted(raw, key.strip(), _read_yaml(value, f"override {item!r}", in_file=False))
     where = f" in {path}" if path else ""
     try:
         return from_dict(cls, raw)
     except ConfigError as e:
         raise ConfigError(f"{e}{where}") from None
+
+
+def _read_yaml(text: str, where: str, in_file: bool = True):
+    """``yaml.safe_load``, its errors in one line naming ``where`` (and the line, ``in_file``):
+    a config is plain data, so a tag that would build an object (``!!python/object:...``) is
+    refused."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None and in_file else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        hint = ("; a config holds plain YAML only (mappings, lists, strings, numbers, true/false, "
+                "null): remove the tag" if isinstance(e, yaml.constructor.ConstructorError) else "")
+        raise ConfigError(f"{where}{line}: {problem}{hint}") from None
 
 
 def from_dict(cls, data, prefix: str = ""):
@@ -78,7 +96,7 @@ def _convert(hint, value, key: str):
             try:
                 return _convert(option, value, key)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"config key '{key}': {value!r} matches none of {_name(hint)}")
     if dataclasses.is_dataclass(hint):
@@ -91,24 +109,39 @@ def _convert(hint, value, key: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
-        return value
+        return _finite(value, key)
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
             raise ConfigError(f"config key '{key}' must be one of {list(typing.get_args(hint))}, "
                               f"got {value!r}")
         return value
     if hint is typing.Any:
-        return value
+        return _finite(value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-4" as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"config key '{key}' expects {_name(hint)}, got {value!r} "
                           f"({type(value).__name__})")
+    return _finite(value, key)
+
+
+def _finite(value, key: str):
+    """``value``, unless a float in it (at any depth of a mapping or list) is NaN or infinite:
+    no config number means that, and one such (an lr of .nan) would only show up as NaN
+    losses much later."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(v, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite(v, f"{key}[{i}]")
     return value
 
 

@@ -13,6 +13,15 @@ the run was protected:
                                   regenerated, the row's fingerprint changed
   results_merged_across_runs      two python -m eval runs of different tasks into one folder:
                                   results/<checkpoint>.json holds both tasks
+  output_dir_reuse_refused, concurrent_runs_refused, fp16_plain_engine_safe,
+  pickle_checkpoint_refused, disk_full_clear_error
+                                  a folder holding a previous run refused without resume /
+                                  overwrite; a folder in use (run.lock) refused; fp16 outside
+                                  DeepSpeed refused at config load; a crafted pickle in a
+                                  checkpoint refused without running; a save that fills the
+                                  disk: one message with the free space, partial removed, the
+                                  previous checkpoint kept (tests/test_run_safety.py backs each,
+                                  with the end-to-end runs, NaN streaks and lr overrides)
   kills_resumed_identical=N/N     SIGKILL at N random steps of a LoRA run (checkpoint every
                                   step), each resumed with train.resume=auto: losses equal to the
                                   uninterrupted run's
@@ -138,6 +147,75 @@ def eval_figures(work: Path, model: Path, data: Path) -> dict:
     return {"stale_cache_detected": int(stale_detected), "results_merged_across_runs": int(merged)}
 
 
+# --- Run folders and checkpoints -------------------------------------------------------------
+
+def run_folder_figures(work: Path, model: Path, data: Path) -> dict:
+    """The guards a training run passes before it writes, each met as a user would meet it:
+    a folder holding a previous run, a folder in use, fp16 without loss scaling, a crafted
+    pickle in a checkpoint, a disk that fills during a save."""
+    import torch
+
+    from data.configio import ConfigError, load_config, to_dict
+    from tests.helpers.checkpoint_faults import CreatesFile, SmallEngine
+    from tests.helpers.launch import QUICK_TRAIN, TRAIN_CONFIG
+    from train import checkpoint as ckpt
+    from train import run_folder, safeload
+    from train.config import Config
+    from train.distributed import DistInfo
+    from train.errors import CheckpointError, RunFolderError
+
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "previous"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a previous run's
+    cfg = load_config(Config, TRAIN_CONFIG, [f"model.path={model}", f"data.train={data}",
+                                             f"train.output_dir={out}", *QUICK_TRAIN])
+    figures = {}
+    try:
+        run_folder.claim(cfg, to_dict(cfg))
+        figures["output_dir_reuse_refused"] = 0
+    except RunFolderError:
+        figures["output_dir_reuse_refused"] = 1
+
+    lock, _ = run_folder.take_lock(work, "first")
+    try:
+        run_folder.take_lock(work, "second")
+        figures["concurrent_runs_refused"] = 0
+    except RunFolderError:
+        figures["concurrent_runs_refused"] = 1
+    run_folder.release_lock(lock)
+
+    try:
+        load_config(Config, TRAIN_CONFIG, [f"model.path={model}", f"data.train={data}",
+                                           "model.dtype=float16"])
+        figures["fp16_plain_engine_safe"] = 0
+    except ConfigError:
+        figures["fp16_plain_engine_safe"] = 1
+
+    marker = work / "code-ran"
+    crafted = work / "crafted"
+    crafted.mkdir()
+    torch.save({"x": CreatesFile(marker)}, crafted / "trainer_state.pt")
+    try:
+        safeload.load_file(crafted / "trainer_state.pt")
+        refused = False
+    except CheckpointError:
+        refused = True
+    figures["pickle_checkpoint_refused"] = int(refused and not marker.exists())
+
+    saves, dist = work / "saves", DistInfo(0, 1, 0, torch.device("cpu"))
+    ckpt.save_checkpoint(saves, 1, SmallEngine(), dist, keep_last=2)
+    try:
+        ckpt.save_checkpoint(saves, 2, SmallEngine(full_disk_in="save"), dist, keep_last=2)
+        clear = False
+    except CheckpointError as e:
+        clear = "free on that disk" in str(e)
+    kept = ckpt.resolve_resume(saves, "auto")
+    figures["disk_full_clear_error"] = int(clear and kept is not None and kept.name == "checkpoint-1"
+                                           and not list(saves.glob(".tmp-*")))
+    return figures
+
+
 # --- Kills -----------------------------------------------------------------------------------
 
 def kill_figures(work: Path, model: Path, data: Path, kills: int, steps: int, seed: int) -> dict:
@@ -179,6 +257,7 @@ def main() -> None:
     figures.update(bomb_figures(work / "bombs", processor))
     figures.update(pdf_figures(work))
     figures.update(eval_figures(work / "eval", model, corpus["eval"]))
+    figures.update(run_folder_figures(work / "runs", model, corpus["train"]))
     figures.update(kill_figures(work / "kills", model, corpus["train"], args.kills, args.steps,
                                 args.seed))
     for name, value in figures.items():

@@ -38,7 +38,9 @@ def main() -> int:
     step("tiny models", [py, "scripts/make_tiny_models.py", "--out", str(models)])
     step("fine-tune", [py, "-m", "train", "configs/demo/train_lora.yaml",
                        f"model.path={dense}", f"data.train={data / 'train.json'}",
-                       f"train.output_dir={train}", *args.train_overrides])
+                       # The demo is meant to be run again: its previous run is replaced.
+                       f"train.output_dir={train}", "train.overwrite=true",
+                       *args.train_overrides])
     tasks = ", ".join(f"{{name: synthetic_{t}, data: {data / 'eval.json'}}}"
                       for t in ("vqa", "grounding", "doc"))
     step("eval", [py, "-m", "eval", "configs/demo/eval.yaml", f"output_dir={out / 'eval'}",

@@ -1,4 +1,10 @@
-"""``python -m train CONFIG.yaml [key=value ...]`` (also under torchrun and the deepspeed launcher)."""
+"""``python -m train CONFIG.yaml [key=value ...]`` (also under torchrun and the deepspeed launcher).
+
+Exit codes: 0 done, 2 bad config, 3 bad data (``data.configio.config_main``), 1 a run refused
+or stopped with a message that says why and what to change (``train.errors.TrainError``: an
+output folder in use or holding another run, an unsafe or mismatched checkpoint, a full disk,
+NaN/inf); the message is printed alone, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,13 @@ from train.config import Config
 
 
 def run(cfg: Config, hooks=None) -> None:
+    from train.errors import TrainError
     from train.trainer import train  # imported after the config is known to be good
 
-    final = train(cfg, hooks)
+    try:
+        final = train(cfg, hooks)
+    except TrainError as e:
+        sys.exit(f"[train] error: {str(e).removeprefix('[train] ')}")
     if os.environ.get("RANK", "0") == "0":
         print(f"[train] done: {final}")
 

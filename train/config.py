@@ -15,7 +15,8 @@ class ModelConfig:
         "help": "a hub id or a local checkpoint folder; the model class comes from its "
                 "config.json (required)"})
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
-        "help": "dtype the weights are loaded and trained in"})
+        "help": "dtype the weights are loaded and trained in; float16 only under DeepSpeed "
+                "(which scales the loss)"})
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
         default="sdpa", metadata={"help": "transformers attention kernel"})
     experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] | None = field(
@@ -58,6 +59,12 @@ class LoraConfig:
         if self.enabled and (self.r <= 0 or not self.targets):
             raise ValueError("lora.r must be > 0 and lora.targets non-empty "
                              "(or set lora.enabled=false for full fine-tuning)")
+        if self.enabled and self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0 (adapter updates are scaled by alpha / r: "
+                             f"0 means they do nothing), got {self.alpha}; e.g. lora.alpha="
+                             f"{2 * max(self.r, 1)} (twice lora.r)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -77,7 +84,7 @@ class TrainConfig:
         "help": "steps of linear warmup from 0 to lr, in [0, max_steps)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={
-        "help": "clip gradients to this global norm"})
+        "help": "clip gradients to this global norm (> 0)"})
     log_every: int = field(default=10, metadata={
         "help": "steps between rows of metrics.jsonl (and console / tracker logs)"})
     save_every: int = field(default=0, metadata={
@@ -87,8 +94,14 @@ class TrainConfig:
     keep_best: bool = field(default=False, metadata={
         "help": "also keep the checkpoint with the lowest train loss since the last save"})
     resume: str | None = field(default=None, metadata={
-        "help": "auto (the latest checkpoint in output_dir) or a checkpoint path; null: start "
-                "fresh"})
+        "help": "auto (the latest complete checkpoint in output_dir; none: start at step 0) or "
+                "a checkpoint path; null: start fresh, in an output_dir no run has used. A "
+                "checkpoint of another model, LoRA shape or data is refused; a changed train.lr "
+                "restarts the schedule's peak from the resumed step"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh in an output_dir a previous run used, deleting that run's "
+                "config.json, metrics, checkpoints and final/ first (without it such a folder "
+                "is refused unless train.resume is set)"})
     progress: bool = field(default=True, metadata={"help": "show a console progress bar"})
     # Full fine-tuning trains every unfrozen part; LoRA puts adapters only on unfrozen parts
     # (a lora.targets preset inside a frozen part is an error, not ignored).
@@ -107,6 +120,10 @@ class TrainConfig:
                 "or stop the run"})
     max_nan_steps: int = field(default=10, metadata={
         "help": "with on_nan=skip: still stop after this many such steps in a row"})
+    collapse_steps: int = field(default=20, metadata={
+        "help": "warn (console, and collapsed=true in metrics.jsonl) when this many steps in a "
+                "row have a gradient norm of exactly 0 or a loss unchanged to 6 digits, as a "
+                "far too high lr does; 0: off. The run goes on"})
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "keep_last"):
@@ -114,6 +131,20 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"train.max_grad_norm must be > 0 (gradients are clipped to this "
+                             f"global norm), got {self.max_grad_norm}; e.g. train.max_grad_norm=1.0")
+        if self.save_every < 0:
+            raise ValueError(f"train.save_every must be >= 0 (steps between checkpoints; 0: "
+                             f"only at the end), got {self.save_every}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_nan_steps < 1 or self.collapse_steps < 0:
+            raise ValueError(f"train.max_nan_steps must be >= 1 and train.collapse_steps >= 0 "
+                             f"(0: off), got {self.max_nan_steps} and {self.collapse_steps}")
+        if self.overwrite and self.resume:
+            raise ValueError("train.overwrite=true deletes the checkpoints train.resume would "
+                             "continue from: set only one of them")
         for name in ("vision_lr", "merger_lr"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0 (or null for train.lr)")
@@ -190,6 +221,11 @@ class Config:
         "help": "trackers and plots"})
 
     def __post_init__(self):
+        if self.model.dtype == "float16" and not self.distributed.deepspeed:
+            raise ValueError("model.dtype=float16 needs loss scaling and fp32 master weights, "
+                             "which the plain PyTorch engine does not have (its losses go NaN "
+                             "within steps): use model.dtype: bfloat16, or DeepSpeed "
+                             "(distributed.deepspeed), which scales fp16 losses")
         if self.data.packing and self.train.batch_size != 1:
             raise ValueError("with data.packing=true a micro-batch is one packed row of up to "
                              "data.pack_tokens tokens: set train.batch_size=1 and size the step "

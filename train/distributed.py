@@ -54,6 +54,32 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def broadcast_object(obj, is_main: bool):
+    """Rank 0's ``obj`` on every rank (picklable; other ranks pass anything)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj if is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def decide_on_main(fn, is_main: bool):
+    """``fn()`` run on rank 0 alone, its result given to every rank; an exception it raises is
+    raised on every rank too. File decisions (is the folder in use, which checkpoint to resume)
+    go through here: ranks reading a shared folder at different moments could decide
+    differently, and a rank that fails alone would leave the others waiting in a collective."""
+    outcome = None
+    if is_main:
+        try:
+            outcome = (True, fn())
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            outcome = (False, e)
+    ok, value = broadcast_object(outcome, is_main)
+    if not ok:
+        raise value
+    return value
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

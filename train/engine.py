@@ -6,8 +6,8 @@ CPU offload, AutoEP expert parallelism). Parallelism is applied here and nowhere
 
 Both engines give the training loop the same surface: ``forward(batch)``, ``backward(loss)``,
 ``micro_step(last)`` (gradient-accumulation boundaries), ``finish_step(skip)`` -> (grad norm,
-applied), ``lrs()``, ``save(dir)`` / ``load(dir)`` of the full training state, and
-``save_weights(dir)``. The loss the loop passes to ``backward`` is already the mean over every
+applied), ``lrs()``, ``peak_lrs()`` / ``set_peak_lrs(lrs)`` (a changed lr on resume),
+``save(dir)`` / ``load(dir)`` of the full training state, and ``save_weights(dir)``. The loss the loop passes to ``backward`` is already the mean over every
 label token of the global batch, so neither engine rescales it for accumulation (DDP and ZeRO
 average gradients over ranks; the loop multiplies that back by dividing ``num_items_in_batch``
 by the world size).
@@ -26,6 +26,7 @@ import torch
 
 from train.distributed import DistInfo
 from train.layout import DEEPSPEED, OPTIMIZER
+from train.safeload import load_file
 
 # The shipped DeepSpeed configs (package data, so a non-editable install has them too).
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parent / "deepspeed_configs"
@@ -81,6 +82,19 @@ class GatedScheduler:
     def load_state_dict(self, state_dict: dict) -> None:
         self.inner.load_state_dict(state_dict)
 
+    def peak_lrs(self) -> list[float]:
+        """Each parameter group's peak lr (after a resume: the checkpoint's)."""
+        return list(self.inner.base_lrs)
+
+    def set_peak_lrs(self, lrs: list[float]) -> None:
+        """New peak lrs, the schedule's shape and position kept: each group's lr becomes the
+        new peak times the schedule's factor at the current step."""
+        self.inner.base_lrs = list(lrs)
+        for group, lr, factor in zip(self.inner.optimizer.param_groups, lrs, self.inner.lr_lambdas):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(self.inner.last_epoch)
+        self.inner._last_lr = [group["lr"] for group in self.inner.optimizer.param_groups]
+
 
 def build_scheduler(optimizer, cfg, gate: SkippingAdamW | None = None) -> GatedScheduler:
     return GatedScheduler(optimizer, cfg, gate)
@@ -108,6 +122,12 @@ class Engine:
 
     def lrs(self) -> dict[str, float]:
         return {g.get("name", f"group{i}"): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+
+    def peak_lrs(self) -> list[float]:
+        return self.scheduler.peak_lrs()
+
+    def set_peak_lrs(self, lrs: list[float]) -> None:
+        self.scheduler.set_peak_lrs(lrs)
 
     def save_weights(self, folder: Path) -> bool:
         """``save_pretrained`` of the adapter or the full model into ``folder`` (rank 0 writes);
@@ -168,7 +188,7 @@ class TorchEngine(Engine):
                         "scheduler": self.scheduler.state_dict()}, folder / OPTIMIZER)
 
     def load(self, folder: Path) -> None:
-        state = torch.load(folder / OPTIMIZER, weights_only=False)
+        state = load_file(folder / OPTIMIZER)  # weights_only: a crafted file cannot run code
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 

@@ -6,12 +6,16 @@ A training run folder (``train.output_dir``)::
 
     config.json           the run config (every section, as loaded)
     metrics.jsonl  bad_samples.jsonl  loss_curve.png
+    run.lock              held while a run uses the folder: host, pid and run id
     checkpoint-N/         a complete checkpoint (assembled in .tmp-checkpoint-N, renamed into
-                          place once every rank has written its part)
+                          place once every rank has written its part; retention renames it to
+                          .deleting-checkpoint-N before deleting it)
         model/            the peft adapter, or the full model; absent under ZeRO-3 full
                           fine-tuning, whose weights exist only in deepspeed/
         deepspeed/        DeepSpeed's shards (weights, optimizer, schedule), or optimizer.pt
         trainer_state.pt  rng_rank{r}.pt  train_config.json (the run config again, for export)
+        complete.json     written last: the size of every other file (a checkpoint missing
+                          one of them is incomplete)
     final/                what eval loads: the adapter or the full model, with the processor
 
 Other things a path may name: a Hugging Face model folder (``config.json`` + safetensors), a
@@ -34,6 +38,14 @@ MODEL = "model"
 DEEPSPEED = "deepspeed"
 OPTIMIZER = "optimizer.pt"
 TRAINER_STATE = "trainer_state.pt"
+COMPLETE = "complete.json"
+LOCK = "run.lock"
+# What a run writes into its folder besides checkpoints (train.overwrite deletes these).
+RUN_FILES = (RUN_CONFIG, "metrics.jsonl", "bad_samples.jsonl", "loss_curve.png", FINAL,
+             "tensorboard", "wandb")
+# Any of these in a folder means a run has used it (bad_samples.jsonl alone does not: a run
+# that failed on its data wrote nothing else, and may simply be started again).
+PREVIOUS_RUN_MARKERS = (RUN_CONFIG, "metrics.jsonl", FINAL)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # A folder the processor loads from (AutoProcessor needs the image processor's settings; a
 # tokenizer alone is not a Qwen3-VL processor).
@@ -55,18 +67,67 @@ def partial_checkpoint_dir(output_dir: Path, step: int) -> Path:
     return Path(output_dir) / f".tmp-checkpoint-{step}"
 
 
+def deleting_checkpoint_dir(checkpoint: Path) -> Path:
+    """Where retention moves a checkpoint before deleting it, so that a kill half-way through
+    the deletion never leaves a ``checkpoint-N`` that looks complete."""
+    return Path(checkpoint).with_name(f".deleting-{Path(checkpoint).name}")
+
+
 def rng_file(checkpoint: Path, rank: int) -> Path:
     return Path(checkpoint) / f"rng_rank{rank}.pt"
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run folder, oldest first."""
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """Every ``checkpoint-N`` folder, complete or not, oldest first."""
     found = []
     for p in Path(output_dir).glob("checkpoint-*"):
         m = CHECKPOINT_RE.match(p.name)
-        if m and (p / TRAINER_STATE).is_file():
+        if m and p.is_dir():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` is not a complete checkpoint, or None. Its ``complete.json`` lists
+    every file with its size; a checkpoint written before that file existed is complete when
+    it has its trainer_state.pt."""
+    p = Path(checkpoint)
+    if not (p / TRAINER_STATE).is_file():
+        return f"no {TRAINER_STATE} (a save or a deletion was cut short)"
+    if not (p / COMPLETE).is_file():
+        return None
+    try:
+        files = json.loads((p / COMPLETE).read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{COMPLETE} is unreadable"
+    missing = [name for name, size in files.items()
+               if not (p / name).is_file() or (p / name).stat().st_size != size]
+    if missing:
+        return f"{len(missing)} of its files are missing or cut short (e.g. {missing[0]})"
+    return None
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first."""
+    return [p for p in checkpoint_folders(output_dir) if checkpoint_problem(p) is None]
+
+
+def leftovers(output_dir: Path) -> list[Path]:
+    """What interrupted saves and deletions left: partial ``.tmp-checkpoint-N`` and
+    ``.deleting-checkpoint-N`` folders and incomplete ``checkpoint-N`` folders."""
+    out = Path(output_dir)
+    hidden = sorted(list(out.glob(".tmp-checkpoint-*")) + list(out.glob(".deleting-checkpoint-*")))
+    return hidden + [p for p in checkpoint_folders(out) if checkpoint_problem(p) is not None]
+
+
+def previous_run(output_dir: Path) -> list[str]:
+    """Names in ``output_dir`` that show a training run has used it (empty: a new folder)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [name for name in PREVIOUS_RUN_MARKERS if (out / name).exists()]
+    found += [p.name for p in checkpoint_folders(out)]
+    return found + [p.name for p in sorted(out.glob(".tmp-checkpoint-*"))]
 
 
 # --- What a folder holds ---------------------------------------------------------------------

@@ -5,7 +5,9 @@ the window since the last log becomes one row of metrics.jsonl - one JSON object
 which also goes to the console and to wandb/tensorboard (``train/trackers.py``). At ``close``
 the run's loss curve is drawn from the file (``train/plots.py``).
 
-A row holds: step, loss (mean of the window's finite losses), lr (and lr_<group> when the
+A row holds: step, run_id (the run that wrote it: a resumed run keeps its id; another run's
+rows never land here, see train/run_folder.py), loss (mean of the window's finite losses),
+collapsed (a step of the window looked collapsed, train/health.py), lr (and lr_<group> when the
 parameter groups' rates differ), grad_norm (last step), tokens_per_s, tokens_per_step,
 visual_tokens_per_step, step_s, skipped_samples and nan_steps_skipped (run totals), elapsed_s,
 moe/<name> (window means of the MoE extras; names already starting with moe/ are kept), model_tflops_per_s (per device) and mfu when FLOPs
@@ -39,6 +41,7 @@ class ProgressLog:
     def __init__(self, path: Path, cfg, start_step: int, enabled: bool = True, *, logging=None,
                  run_config: dict | None = None, peak_flops: float | None = None, world_size: int = 1):
         self.enabled, self.every, self.max_steps = enabled, cfg.log_every, cfg.max_steps
+        self.run_id = (run_config or {}).get("run_id")
         self.path, self.logging = Path(path), logging
         self.peak, self.world_size = peak_flops, world_size
         self.window: list[dict] = []
@@ -60,12 +63,13 @@ class ProgressLog:
     def step(self, step: int, *, loss: float, lr: float, grad_norm: float, tokens: int,
              seconds: float, skipped: int = 0, lrs: dict[str, float] | None = None,
              visual_tokens: int = 0, nan_skipped: bool = False, flops: float | None = None,
-             moe: dict[str, float] | None = None) -> None:
+             moe: dict[str, float] | None = None, collapsed: bool = False) -> None:
         """One optimizer step, summed over ranks: ``tokens`` / ``visual_tokens`` (non-padding
         tokens, of which visual), ``skipped`` (samples replaced this step), ``flops``
         (``StepFlops.step_flops`` summed over micro-batches and ranks); ``lrs``: each param
         group's lr by name; ``nan_skipped``: the update was skipped for a NaN/inf loss or
-        gradient; ``moe``: scalars such as aux_loss, z_loss, expert-load statistics."""
+        gradient; ``moe``: scalars such as aux_loss, z_loss, expert-load statistics;
+        ``collapsed``: the run looked collapsed as of this step (``train.health``)."""
         if not self.enabled:
             return
         self.skipped_total += skipped
@@ -74,7 +78,7 @@ class ProgressLog:
             self.per_group_lr = True
         self.window.append(dict(loss=loss, lr=lr, lrs=lrs or {}, grad_norm=grad_norm, tokens=tokens,
                                 seconds=seconds, visual_tokens=visual_tokens, flops=flops,
-                                moe=moe or {}, nan=nan_skipped))
+                                moe=moe or {}, nan=nan_skipped, collapsed=collapsed))
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -91,7 +95,9 @@ class ProgressLog:
         w, last = self.window, self.window[-1]
         seconds = sum(x["seconds"] for x in w)
         losses = [x["loss"] for x in w if not x["nan"] and math.isfinite(x["loss"])]
-        record = {"step": step, "loss": sum(losses) / len(losses) if losses else None, "lr": last["lr"]}
+        record = {"step": step, "run_id": self.run_id,
+                  "loss": sum(losses) / len(losses) if losses else None, "lr": last["lr"],
+                  "collapsed": any(x["collapsed"] for x in w)}
         if self.per_group_lr:
             record.update({f"lr_{name}": value for name, value in last["lrs"].items()})
         record.update({
@@ -130,6 +136,8 @@ class ProgressLog:
             parts.append(f"skipped {self.skipped_total}")
         if self.nan_total:
             parts.append(f"nan_steps {self.nan_total}")
+        if r["collapsed"]:
+            parts.append("collapsed")
         return " ".join(parts)
 
     def close(self) -> Path | None:

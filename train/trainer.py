@@ -1,6 +1,9 @@
-"""The training loop, top to bottom: ``set_up`` builds the run (data, model and engine, resume,
+"""The training loop, top to bottom: ``claim_output_dir`` checks the config's paths and makes
+the output folder this run's (a lock, no previous run's files mixed in, a resumable checkpoint
+that fits; train/run_folder.py), ``set_up`` builds the run (data, model and engine, resume,
 batches, logging), ``train_step`` runs one optimizer step over its micro-batches, the loop
-checks, logs and saves, and ``save_final`` writes what eval loads.
+checks, logs and saves, and ``save_final`` writes what eval loads. Nothing is saved from
+weights holding NaN/inf, nor during a streak of non-finite steps.
 
 One code path for a single process, ``torchrun`` / ``deepspeed``-launched DDP, and DeepSpeed
 ZeRO-2/3 (with CPU offload and AutoEP expert parallelism): everything that differs between them
@@ -25,11 +28,13 @@ from data.corpus import load_corpus
 from data.prepared import PreparedDataset
 from data.samples import BadSample, BadSampleFile, BadSampleLog, DataError
 from train import checkpoint as ckpt
-from train import layout
+from train import layout, run_folder
 from train.config import Config
 from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
-from train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from train.distributed import DistInfo, all_reduce_sum, barrier, decide_on_main, init_distributed
 from train.engine import build_engine, unwrap
+from train.errors import NonFiniteError
+from train.health import CollapseWatch, nonfinite_weights
 from train.qwen3_vl.flops import StepFlops, peak_flops
 from train.hooks import TrainHooks
 from train.lora import apply_lora
@@ -57,6 +62,7 @@ class Run:
     step_flops: StepFlops
     hooks: TrainHooks
     start_step: int
+    collapse: CollapseWatch
 
 
 @dataclass
@@ -77,7 +83,18 @@ class StepResult:
 
 
 def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
-    run = set_up(cfg, hooks or TrainHooks())
+    dist = init_distributed()
+    claim = claim_output_dir(cfg, dist)
+    try:
+        return run_steps(set_up(cfg, dist, claim, hooks or TrainHooks()))
+    finally:
+        if dist.is_main:
+            run_folder.release_lock(claim.lock)
+
+
+def run_steps(run: Run) -> Path:
+    """The steps from the resumed one (or 1) to max_steps, then the last checkpoint and final/."""
+    cfg = run.cfg
     nan_in_a_row, loss_since_save = 0, []
     for step in range(run.start_step + 1, cfg.train.max_steps + 1):
         run.hooks.step_begin(step, run.dist.rank, run.dist.world_size)
@@ -92,8 +109,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
         if not bad_step:
             loss_since_save.append(loss)
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
-            save_checkpoint(run, step, loss_since_save)
-            loss_since_save = []
+            if nan_in_a_row:
+                say_save_skipped(run, step, nan_in_a_row)
+            else:
+                save_checkpoint(run, step, loss_since_save)
+                loss_since_save = []
     last_checkpoint = save_checkpoint(run, cfg.train.max_steps, loss_since_save)
     final = run.out / layout.FINAL
     save_final(run, final, last_checkpoint)
@@ -104,14 +124,22 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
 
 # --- Set-up ----------------------------------------------------------------------------------
 
-def set_up(cfg: Config, hooks: TrainHooks) -> Run:
-    dist = init_distributed()
+def claim_output_dir(cfg: Config, dist: DistInfo) -> run_folder.Claim:
+    """Before anything is written: the config's paths exist, and rank 0 has locked the output
+    folder, settled what a previous run left in it and picked the checkpoint to resume (every
+    rank gets its decision, or its error)."""
     check_trackers(cfg.logging.report_to)  # a missing wandb fails now, not after data loading
-    out = Path(cfg.train.output_dir)
-    run_config = to_dict(cfg)
+    run_folder.check_paths(cfg)
+    claim = decide_on_main(lambda: run_folder.claim(cfg, to_dict(cfg)), dist.is_main)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / layout.RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
+        for note in claim.notes:
+            print(f"[train] {note}", flush=True)
+    return claim
+
+
+def set_up(cfg: Config, dist: DistInfo, claim: run_folder.Claim, hooks: TrainHooks) -> Run:
+    out = Path(cfg.train.output_dir)
+    run_config = {"run_id": claim.run_id, **to_dict(cfg)}
     seed_everything(cfg.train.seed)
 
     processor = load_processor(cfg.model.path)
@@ -120,13 +148,7 @@ def set_up(cfg: Config, hooks: TrainHooks) -> Run:
     engine = build_engine(cfg, dist, lambda: build_model(cfg))
     # After the engine: AutoEP has replaced the MoE blocks the router hooks attach to.
     router = RouterLosses.attach(engine.module, cfg.moe)
-
-    start_step = 0
-    resume_from = ckpt.resolve_resume(out, cfg.train.resume)
-    if resume_from is not None:
-        start_step = ckpt.load_checkpoint(resume_from, engine, dist)["step"]
-        if dist.is_main:
-            print(f"[train] resumed from {resume_from} at step {start_step}", flush=True)
+    start_step = resume(cfg, dist, engine, claim.resume_from)
 
     plan = BatchPlan(corpus.mixture(cfg.train.seed), cfg.train.batch_size, cfg.train.seed,
                      corpus.lengths, cfg.data.pack_tokens if cfg.data.packing else None,
@@ -138,12 +160,41 @@ def set_up(cfg: Config, hooks: TrainHooks) -> Run:
     dataset = EncodedDataset(corpus, cfg.data.on_bad_sample,
                              corpus.lengths if cfg.data.packing else None)
     batches = iter(make_loader(dataset, sampler, collator, cfg.data.num_workers))
+    if dist.is_main:  # only now: a run that failed to start leaves no config.json behind
+        (out / layout.RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
     log = ProgressLog(out / "metrics.jsonl", cfg.train, start_step, enabled=dist.is_main,
                       logging=cfg.logging, run_config=run_config, world_size=dist.world_size,
                       peak_flops=peak_flops(dist.device, DTYPES[cfg.model.dtype]))
     engine.model.train()
     return Run(cfg, dist, out, run_config, processor, engine, router, batches, log, bad_file,
-               StepFlops(engine.module.config), hooks, start_step)
+               StepFlops(engine.module.config), hooks, start_step,
+               CollapseWatch(cfg.train.collapse_steps))
+
+
+def resume(cfg: Config, dist: DistInfo, engine, checkpoint: Path | None) -> int:
+    """Restore ``checkpoint`` (chosen and checked by the claim); returns its step.
+
+    A train.lr (or vision_lr / merger_lr) that differs from the checkpoint's is applied, not
+    silently replaced by the saved schedule: the schedule keeps its shape and position (warm-up
+    and decay over max_steps, counted from step 0) with the new peak, so the next step's lr is
+    the new peak times the schedule's factor at the resumed step. This is what the advice
+    "resume with a lower train.lr" after a NaN stop needs."""
+    if checkpoint is None:
+        return 0
+    configured = engine.peak_lrs()
+    step = ckpt.load_checkpoint(checkpoint, engine, dist)["step"]
+    saved = engine.peak_lrs()
+    if dist.is_main:
+        print(f"[train] resumed from {checkpoint} at step {step}", flush=True)
+    if not np.allclose(saved, configured, rtol=1e-9, atol=0.0):
+        engine.set_peak_lrs(configured)
+        if dist.is_main:
+            names = list(engine.lrs())
+            was = ", ".join(f"{n} {lr:g}" for n, lr in zip(names, saved))
+            now = ", ".join(f"{n} {lr:g}" for n, lr in zip(names, configured))
+            print(f"[train] the config's peak lr ({now}) differs from the checkpoint's ({was}): "
+                  f"the schedule continues from step {step} with the config's peak", flush=True)
+    return step
 
 
 def seed_everything(seed: int) -> None:
@@ -232,7 +283,7 @@ def train_step(run: Run, step: int) -> StepResult:
             loss = run.hooks.loss(step, loss, dist.rank, dist.world_size)
             bad_here = all_reduce_sum([float(not torch.isfinite(loss).item())], dist.device)[0] > 0
             if bad_here and not engine.can_skip:
-                raise FloatingPointError(
+                raise NonFiniteError(
                     f"[train] step {step}: non-finite loss, and the DeepSpeed-built optimizer "
                     f"cannot skip a step; remove the 'optimizer' section from the DeepSpeed JSON "
                     f"(ours skips) or resume with a lower train.lr")
@@ -290,9 +341,9 @@ def stop_or_skip(run: Run, step: int, result: StepResult, nan_in_a_row: int) -> 
         reason = ("train.on_nan=stop" if train_cfg.on_nan == "stop" else
                   "the update was already applied" if result.applied
                   else f"{nan_in_a_row} such steps in a row (train.max_nan_steps)")
-        raise FloatingPointError(f"{message}; stopping ({reason}). Resume from the last "
-                                 f"checkpoint with a lower train.lr or check the data of "
-                                 f"this step.")
+        raise NonFiniteError(f"{message}; stopping ({reason}). Resume from the last "
+                             f"checkpoint with a lower train.lr (train.resume=auto "
+                             f"train.lr=...) or check the data of this step.")
     if run.dist.is_main:
         print(f"{message}; step skipped (train.on_nan=skip)", flush=True)
 
@@ -309,16 +360,51 @@ def log_step(run: Run, step: int, r: StepResult, bad_step: bool, seconds: float)
         if cfg.moe.log_expert_load:
             moe.update(load_summary(run.router.pop_load(all_reduce=True), run.router.layers))
     lrs = run.engine.lrs()
-    run.log.step(step, loss=loss if not bad_step else float("nan"),
-                 lr=lrs.get("llm", next(iter(lrs.values()))), grad_norm=r.grad_norm,
-                 tokens=int(tokens), seconds=seconds, skipped=int(n_skipped), lrs=lrs,
-                 visual_tokens=int(visual), nan_skipped=bad_step, flops=flops, moe=moe)
+    lr = lrs.get("llm", next(iter(lrs.values())))
+    collapsed = not bad_step and run.collapse.update(loss, r.grad_norm)
+    if collapsed and run.collapse.just_collapsed and dist.is_main:
+        print(f"[train] warning: step {step}: the run looks collapsed: {run.collapse.streak} steps "
+              f"in a row with a gradient norm of 0 or the loss unchanged ({loss:.6g}), as an lr "
+              f"far too high for the model does (lr now {lr:.3g}). Training goes on; "
+              f"metrics.jsonl marks these steps collapsed=true (train.collapse_steps, 0: off)",
+              flush=True)
+    run.log.step(step, loss=loss if not bad_step else float("nan"), lr=lr,
+                 grad_norm=r.grad_norm, tokens=int(tokens), seconds=seconds,
+                 skipped=int(n_skipped), lrs=lrs, visual_tokens=int(visual),
+                 nan_skipped=bad_step, flops=flops, moe=moe, collapsed=collapsed)
     return loss
 
 
 # --- Saving ----------------------------------------------------------------------------------
 
+def say_save_skipped(run: Run, step: int, nan_in_a_row: int) -> None:
+    """A checkpoint due during a streak of non-finite steps is not written: it could hold
+    weights an update already spoiled, and retention would delete a good one for it."""
+    if run.dist.is_main:
+        kept = layout.list_checkpoints(run.out)
+        print(f"[train] step {step}: not saving checkpoint-{step}: this is non-finite step "
+              f"{nan_in_a_row} in a row; the last checkpoint "
+              f"({kept[-1].name if kept else 'none yet'}) stays", flush=True)
+
+
+def check_weights_finite(run: Run, step: int) -> None:
+    """Stop (non-zero exit) rather than save weights holding NaN/inf as a result. Under ZeRO-3
+    each rank checks its own shards; the count is summed over ranks."""
+    bad = nonfinite_weights(run.engine.module)
+    count = int(all_reduce_sum([len(bad)], run.dist.device)[0])
+    if count:
+        kept = layout.list_checkpoints(run.out)
+        advice = (f"The last good checkpoint is {kept[-1]}: resume from it (train.resume=auto) "
+                  f"with a lower train.lr" if kept else
+                  "No checkpoint was written before: start again with a lower train.lr")
+        raise NonFiniteError(
+            f"step {step}: {count} trainable weight tensors hold NaN/inf (e.g. "
+            f"{bad[0] if bad else 'on another rank'}); not writing checkpoint-{step} or final/. "
+            f"{advice}")
+
+
 def save_checkpoint(run: Run, step: int, loss_since_save: list[float]) -> Path:
+    check_weights_finite(run, step)
     train_cfg = run.cfg.train
     return ckpt.save_checkpoint(run.out, step, run.engine, run.dist, train_cfg.keep_last,
                                 train_cfg.keep_best,

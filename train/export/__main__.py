@@ -2,7 +2,8 @@
 
 Prints ``export_logits_max_abs_diff=`` (reloaded export vs the training-time model on a fixed
 image + text sample) and ``export_generation_equal=``; exits 1 when greedy generation differs,
-2 when the input is not something it can export (the message says what was expected).
+2 when the input is not something it can export (the message says what was expected) or holds
+a file that could run code when loaded (``train.safeload``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from train.errors import TrainError
 from train.export import ExportMismatch, export
 from train.modeling import DTYPES
 
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
         print(f"[export] {e}", file=sys.stderr)
         print("export_generation_equal=false")
         return 1
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"[export] wrote {args.out}")

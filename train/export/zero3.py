@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from train.qwen3_vl.state_dict import autoep_layer_to_hf
+from train.safeload import check_pickles, load_file
 
 
 def consolidate_zero3(ds_dir: Path, config, generation_config=None):
@@ -23,7 +24,8 @@ def consolidate_zero3(ds_dir: Path, config, generation_config=None):
     import transformers
 
     tag_dir = _deepspeed_tag_dir(ds_dir)
-    rank0 = torch.load(_model_state_files(tag_dir)[0], map_location="cpu", weights_only=False)
+    check_pickles(ds_dir)  # DeepSpeed's readers below unpickle with weights_only=False
+    rank0 = load_file(_model_state_files(tag_dir)[0], map_location="cpu")
     if rank0.get("ds_autoep_layers"):
         state = _autoep_state_dict(tag_dir)
     else:
@@ -76,8 +78,7 @@ def _autoep_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
 
     from deepspeed.checkpoint import ds_to_universal
 
-    ranks = [torch.load(f, map_location="cpu", weights_only=False)
-             for f in _model_state_files(tag_dir)]
+    ranks = [load_file(f, map_location="cpu") for f in _model_state_files(tag_dir)]
     rank0 = ranks[0]
     frozen = rank0.get("frozen_param_shapes") or {}
     frozen_experts = [n for n in frozen if any(n.startswith(layer["module_path"] + ".experts.")
@@ -95,7 +96,7 @@ def _autoep_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
             num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False))
         state = {}
         for param_dir in sorted(p.parent for p in (Path(tmp) / "zero").glob("*/fp32.pt")):
-            saved = torch.load(param_dir / "fp32.pt", map_location="cpu", weights_only=False)
+            saved = load_file(param_dir / "fp32.pt", map_location="cpu")
             if isinstance(saved, dict):  # an expert tensor, all experts: (E, ...)
                 state[param_dir.name] = saved["param"]
             else:  # a flat ZeRO-3 parameter
