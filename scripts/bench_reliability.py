@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import struct
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,16 +45,6 @@ from tests.helpers.launch import losses, run_train  # noqa: E402
 
 # --- Decompression bombs ---------------------------------------------------------------------
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG of a few hundred bytes whose header claims ``width`` x ``height`` grey pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
-
-
 def bomb_figures(work: Path, processor) -> dict:
     import base64
     import json
@@ -65,7 +53,7 @@ def bomb_figures(work: Path, processor) -> dict:
     import pyarrow.parquet as pq
 
     from data.config import DataConfig, SourceConfig
-    from data.tools.faults import audit
+    from data.tools.faults import audit, png_claiming
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "huge.png").write_bytes(png_claiming(100_000, 100_000))

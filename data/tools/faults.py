@@ -71,17 +71,22 @@ def _oriented_jpeg(path: Path) -> str:
     return path.name
 
 
-def _bomb_png(path: Path, side: int = 100_000) -> str:
-    """A PNG whose header claims side x side pixels (a decompression bomb), a few bytes long."""
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header claims ``width`` x ``height`` grey pixels (a
+    decompression bomb, if anything decoded it)."""
     import struct
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def _bomb_png(path: Path, side: int = 100_000) -> str:
+    path.write_bytes(png_claiming(side, side))
     return path.name
 
 
