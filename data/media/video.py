@@ -429,12 +429,6 @@ def _fill(frames: dict[int, torch.Tensor], indices) -> tuple[torch.Tensor, int]:
     return torch.stack(out), filled
 
 
-def first_frame(path: str) -> None:
-    """Decode one frame of a video file; MediaError naming the file when none decodes."""
-    if not _decode_file(path, (0,), None, fps=1.0):
-        raise MediaError(f"video has no decodable frame: {path}")
-
-
 SEEK_MIN_GAP = 8  # frames: a planned frame at most this far ahead is reached by decoding on
 
 
