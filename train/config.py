@@ -26,8 +26,28 @@ class ModelConfig:
                     "checkpoint's default"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass: less memory, slower steps"})
+    vision_gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "the same for the vision tower's blocks on their own; null: as "
+                "gradient_checkpointing"})
+    activation_offload: bool = field(default=False, metadata={
+        "help": "with gradient_checkpointing: keep the checkpointed layer inputs in CPU memory "
+                "between forward and backward (for very long sequences on a GPU)"})
+    tiled_mlp_tokens: int = field(default=0, metadata={
+        "help": "run each language-model MLP over tiles of this many tokens, recomputed in the "
+                "backward pass, so a long row never holds its full intermediate activation; "
+                "0: off"})
+    patch_embed: Literal["auto", "conv3d", "linear"] = field(default="auto", metadata={
+        "help": "vision patch embedding: the checkpoint's Conv3d, or the same weights as one "
+                "matmul over flattened patches (same outputs; Conv3d is slow on recent torch); "
+                "auto: linear"})
 
     def __post_init__(self):
+        if self.activation_offload and not self.gradient_checkpointing:
+            raise ValueError("model.activation_offload offloads the inputs gradient checkpointing "
+                             "keeps: set model.gradient_checkpointing=true too")
+        if self.tiled_mlp_tokens < 0:
+            raise ValueError(f"model.tiled_mlp_tokens must be >= 0 (0: off), got "
+                             f"{self.tiled_mlp_tokens}")
         if not self.path:
             raise ValueError("model.path is required: a checkpoint folder or hub id, "
                              "e.g. model.path=Qwen/Qwen3-VL-8B-Instruct")
@@ -78,6 +98,13 @@ class TrainConfig:
         "help": "samples per process per micro-step (1 with data.packing: one packed row)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    loss_impl: Literal["auto", "hf", "chunked", "liger", "cce"] = field(default="auto", metadata={
+        "help": "how the LM head and cross-entropy run: hf (transformers' loss over the full "
+                "[tokens, vocab] logits), chunked (plain torch, loss_chunk_tokens rows at a time, "
+                "never the full logits), liger / cce (fused GPU kernels from liger-kernel / "
+                "cut-cross-entropy); auto: a fused kernel on CUDA when installed, else chunked"})
+    loss_chunk_tokens: int = field(default=2048, metadata={
+        "help": "rows of logits alive at once with loss_impl chunked (> 0)"})
     lr_schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={
         "help": "decay after warmup, over max_steps (all warm up linearly first)"})
     warmup_steps: int = field(default=0, metadata={
@@ -151,6 +178,8 @@ class TrainConfig:
         if self.freeze_vision and self.freeze_merger and self.freeze_llm:
             raise ValueError("train.freeze_vision, freeze_merger and freeze_llm are all true: "
                              "nothing would train; unfreeze at least one part")
+        if self.loss_chunk_tokens <= 0:
+            raise ValueError(f"train.loss_chunk_tokens must be > 0, got {self.loss_chunk_tokens}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise ValueError(f"train.warmup_steps must be in [0, max_steps), got {self.warmup_steps}")
 
@@ -179,12 +208,18 @@ class DistributedConfig:
     expert_parallel: int = field(default=1, metadata={
         "help": "expert-parallel group size (DeepSpeed AutoEP; needs ZeRO-3 and a MoE model); "
                 "1: off"})
+    sequence_parallel: int = field(default=1, metadata={
+        "help": "Ulysses sequence-parallel group size: one sample's sequence is split over "
+                "this many ranks (attention heads exchanged all-to-all); must divide the world "
+                "size; 1: off"})
     ep_preset: str = field(default="qwen3_vl_moe", metadata={
         "help": "which AutoEP module map to use (train/expert_parallel.py)"})
 
     def __post_init__(self):
         if self.expert_parallel < 1:
             raise ValueError("distributed.expert_parallel must be >= 1")
+        if self.sequence_parallel < 1:
+            raise ValueError("distributed.sequence_parallel must be >= 1 (1: off)")
         if self.expert_parallel > 1 and not self.deepspeed:
             raise ValueError("distributed.expert_parallel > 1 needs DeepSpeed ZeRO-3: set "
                              "distributed.deepspeed=zero3 (or a ZeRO-3 JSON)")
