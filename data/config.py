@@ -220,6 +220,10 @@ class DataConfig:
     prepared: str | None = field(default=None, metadata={
         "help": "a cache written by `python -m data prepare` for this data section: training "
                 "reads the encoded samples from it instead of encoding"})
+    max_image_pixels: int = field(default=89_478_485, metadata={
+        "help": "an image whose header claims more pixels is a bad sample, refused before any "
+                "decode (a decompression bomb guard; default PIL's limit, about 0.25 GB of RGB). "
+                "JPEGs much larger than their budget decode at a reduced scale"})
     on_bad_sample: Literal["error", "skip"] = field(default="error", metadata={
         "help": "a sample that cannot be read or encoded: error (stop) or skip it (counted)"})
     max_bad_fraction: float = field(default=0.05, metadata={
@@ -233,6 +237,8 @@ class DataConfig:
             raise ValueError("set exactly one of data.train (one file) and data.sources (a mixture)")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.max_image_pixels <= 0:
+            raise ValueError(f"data.max_image_pixels must be > 0, got {self.max_image_pixels}")
         if self.max_seq_len <= 0 or self.num_workers < 0:
             raise ValueError("data.max_seq_len must be > 0 and data.num_workers >= 0")
         if self.packing and self.pack_tokens < self.max_seq_len:

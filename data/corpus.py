@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from data.config import DataConfig, SourceConfig, VisionBudget
 from data.encode import SampleEncoder
+from data.media import images as images_lib
 from data.mixture import Mixture
 from data.planner import TokenPlanner
 from data.samples import BadSample, BadSampleLog, DataError, Sample, SampleError, reason_of
@@ -71,6 +72,7 @@ class Corpus:
 
 def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,
                 progress: bool = False) -> Corpus:
+    images_lib.set_max_image_pixels(cfg.max_image_pixels)  # for planning and encoding alike
     samples, offsets, encoders, lengths = [], [], [], []
     for source in cfg.source_configs():
         budget = cfg.budget(source)

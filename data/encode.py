@@ -3,7 +3,8 @@
 The conversation is rendered with the checkpoint's own chat template and tokenised by its own
 processor, so visual placeholders expand exactly as the processor does for that checkpoint.
 Images are fitted into the configured pixel budget (sides multiples of 32 for Qwen3-VL) by the
-processor's resize. Videos are sampled and resized by ``data.media.video`` (the budget's fps / frame /
+processor's resize (a JPEG many times larger than that size is decoded at a reduced scale and
+fitted by ``load_image``: same size, far less memory). Videos are sampled and resized by ``data.media.video`` (the budget's fps / frame /
 pixel limits) and reach the processor with their metadata, which renders the frame timestamps.
 Labels keep only assistant replies (and their closing ``<|im_end|>``).
 """
@@ -14,7 +15,7 @@ import torch
 
 from data.config import VisionBudget  # noqa: F401  (re-exported: the encoder's budget)
 from data.media import video as video_lib
-from data.media.images import load_image
+from data.media.images import image_size, load_image
 
 IGNORE_INDEX = -100
 # Key of an encoded example listing the repairs made to use the sample (e.g. video frames that
@@ -47,7 +48,7 @@ class SampleEncoder:
         # transformers 5.23 replaces only the pad and leaves a stray outer start/end pair, a
         # layout the released models never saw. Hand it the bare pad to get the official one.
         text = text.replace(VIDEO_SLOT, VIDEO_PAD)
-        images = [load_image(p) for p in image_paths] or None
+        images = [load_image(p, self._fitted_size(p, budget)) for p in image_paths] or None
         video_inputs, repairs = {}, []
         if videos:
             vp = self.processor.video_processor
@@ -62,6 +63,14 @@ class SampleEncoder:
         out = self.processor(text=[text], images=images, return_tensors="pt",
                              images_kwargs=budget.images_kwargs(), **video_inputs)
         return out, repairs
+
+    def _fitted_size(self, ref: str, budget: VisionBudget) -> tuple[int, int]:
+        """The (height, width) the processor resizes this image to: the planner's size."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        ip = self.processor.image_processor
+        return smart_resize(*image_size(ref), factor=ip.patch_size * ip.merge_size,
+                            min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
 
     def encode(self, sample) -> dict:
         """Training example: full conversation, labels on assistant replies only."""

@@ -22,6 +22,12 @@ the run was protected:
                                   disk: one message with the free space, partial removed, the
                                   previous checkpoint kept (tests/test_run_safety.py backs each,
                                   with the end-to-end runs, NaN streaks and lr overrides)
+  nan_streak_keeps_good_checkpoints
+                                  a run whose loss turns NaN at steps 3 and 4 (checkpoint every
+                                  step, keep_last=1, max_nan_steps=2): it stops with an error and
+                                  checkpoint-2, finite, is what is left
+  lr_override_on_resume_applied   a 2-step run at lr 3e-3 resumed with train.lr=1e-3: steps 3-4
+                                  log (and train at) 1e-3
   kills_resumed_identical=N/N     SIGKILL at N random steps of a LoRA run (checkpoint every
                                   step), each resumed with train.resume=auto: losses equal to the
                                   uninterrupted run's
@@ -204,6 +210,50 @@ def run_folder_figures(work: Path, model: Path, data: Path) -> dict:
     return figures
 
 
+# --- NaN streaks and lr overrides -------------------------------------------------------------
+
+def nan_and_lr_figures(work: Path, model: Path, data: Path) -> dict:
+    """In-process training runs on the tiny model, a fault hook making the loss NaN."""
+    import torch
+    from safetensors.torch import load_file
+
+    from data.configio import load_config
+    from tests.helpers.faults import TrainFaults
+    from tests.helpers.launch import QUICK_TRAIN, TRAIN_CONFIG, metrics
+    from train import layout
+    from train.config import Config
+    from train.errors import NonFiniteError
+    from train.trainer import train
+
+    def config(out: Path, *overrides: str) -> Config:
+        return load_config(Config, TRAIN_CONFIG, [
+            f"model.path={model}", f"data.train={data}", f"train.output_dir={out}", *QUICK_TRAIN,
+            "train.batch_size=2", "logging.loss_plot=false", *overrides])
+
+    out = work / "nan-streak"
+    try:
+        train(config(out, "train.max_steps=5", "train.save_every=1", "train.keep_last=1",
+                     "train.max_nan_steps=2"), TrainFaults(nan_steps={3, 4}))
+        stopped = False
+    except NonFiniteError:
+        stopped = True
+    kept = layout.checkpoint_folders(out)
+    finite = all(torch.isfinite(t).all() for folder in kept
+                 for f in folder.glob("*.safetensors") for t in load_file(f).values())
+    figures = {"nan_streak_keeps_good_checkpoints": int(
+        stopped and [p.name for p in kept] == ["checkpoint-2"] and finite)}
+
+    out = work / "lr-override"
+    train(config(out, "train.max_steps=2", "train.save_every=1", "train.lr_schedule=constant",
+                 "train.lr=3e-3"))
+    train(config(out, "train.max_steps=4", "train.resume=auto", "train.lr_schedule=constant",
+                 "train.lr=1e-3"))
+    lrs = {row["step"]: row["lr"] for row in metrics(out)}
+    figures["lr_override_on_resume_applied"] = int(
+        [lrs[s] for s in (1, 2, 3, 4)] == [3e-3, 3e-3, 1e-3, 1e-3])
+    return figures
+
+
 # --- Kills -----------------------------------------------------------------------------------
 
 def kill_figures(work: Path, model: Path, data: Path, kills: int, steps: int, seed: int) -> dict:
@@ -246,6 +296,7 @@ def main() -> None:
     figures.update(pdf_figures(work))
     figures.update(eval_figures(work / "eval", model, corpus["eval"]))
     figures.update(run_folder_figures(work / "runs", model, corpus["train"]))
+    figures.update(nan_and_lr_figures(work / "nan-lr", model, corpus["train"]))
     figures.update(kill_figures(work / "kills", model, corpus["train"], args.kills, args.steps,
                                 args.seed))
     for name, value in figures.items():

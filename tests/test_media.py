@@ -427,3 +427,93 @@ def test_a_dataset_image_that_cannot_be_used_is_a_media_error(tmp_path):
     assert image_size(refs[3]) == (64, 64)  # a truncated JPEG: found when decoded
     with pytest.raises(MediaError, match="truncated or corrupt image file .*row 3, column 'image'"):
         load_image(refs[3])
+
+
+# --------------------------------------------------------------------------------------------
+# 8. The decoded-pixel bound is the config's; large JPEGs decode at the scale their budget needs
+
+
+@pytest.fixture
+def pixel_limit():
+    """Set the process-wide limit for one test, then put PIL's default back."""
+    yield images_lib.set_max_image_pixels
+    images_lib.set_max_image_pixels(images_lib.DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def test_data_max_image_pixels_bounds_what_training_decodes(processor, tmp_path, pixel_limit):
+    from data.config import DataConfig
+    from data.corpus import load_corpus
+
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "small.png").write_bytes(encoded((32, 32)))
+    (root / "large.png").write_bytes(encoded((64, 48)))
+    turns = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    data = write_json(root / "t.json", [{"id": "s", "image": "small.png", "conversations": turns},
+                                        {"id": "l", "image": "large.png", "conversations": turns}])
+    bad = BadSampleLog("skip")
+    corpus = load_corpus(DataConfig(train=str(data), max_image_pixels=2000), processor, bad,
+                         plan=True)
+    assert len(corpus) == 1
+    (record,) = bad.records
+    assert record.sample_id == "l" and "64x48 = 3072 pixels > 2000 (a decompression bomb?)" in record.reason
+    with pytest.raises(ValueError, match="data.max_image_pixels must be > 0"):
+        DataConfig(train=str(data), max_image_pixels=0)
+    # Raised above PIL's own limit, PIL does not refuse first with its own error.
+    pixel_limit(300_000_000)
+    big = claimed_png(tmp_path / "big.png", 15_000, 15_000)  # 225 MP: past twice PIL's default
+    assert image_size(str(big)) == (15_000, 15_000)  # from the header: nothing decoded
+
+
+def jpeg_photo(path, size: tuple[int, int]) -> str:
+    """A smooth JPEG (gradients), like a photo: a reduced-scale decode keeps its content."""
+    w, h = size
+    x, y = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+    pixels = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95)
+    return str(path)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_to_the_planned_size(tmp_path, monkeypatch):
+    path = jpeg_photo(tmp_path / "photo.jpg", (2048, 1536))
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    decoded_sizes = []
+    real_draft = JpegImageFile.draft
+
+    def recording_draft(im, mode, size):
+        result = real_draft(im, mode, size)
+        decoded_sizes.append(im.size)
+        return result
+
+    monkeypatch.setattr(JpegImageFile, "draft", recording_draft)
+    fitted = load_image(path, fit=(384, 512))
+    assert fitted.size == (512, 384)
+    assert decoded_sizes == [(512, 384)]  # a quarter per side: 1/16 of the pixels decoded
+    full = load_image(path).resize((512, 384), Image.Resampling.BICUBIC)
+    diff = np.abs(np.asarray(fitted, np.int16) - np.asarray(full, np.int16))
+    assert diff.mean() < 2.0 and diff.max() <= 40, (diff.mean(), diff.max())
+    # Images not much larger than their fit, and other formats, decode in full as before.
+    assert load_image(path, fit=(1024, 1376)).size == (2048, 1536)
+    png = tmp_path / "photo.png"
+    Image.open(path).save(png)
+    assert load_image(str(png), fit=(384, 512)).size == (2048, 1536)
+    assert len(decoded_sizes) == 1  # neither the near fit nor the PNG asked for a reduced decode
+
+
+def test_a_large_jpeg_encodes_to_the_planned_tokens(processor, tmp_path):
+    from data.encode import SampleEncoder
+    from data.planner import TokenPlanner
+
+    path = jpeg_photo(tmp_path / "photo.jpg", (1600, 900))
+    turns = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    (sample,) = load_source("llava_json", write_json(tmp_path / "t.json", [
+        {"id": "p", "image": str(path), "conversations": turns}]))
+    budget = VisionBudget(max_pixels=32 * 32 * 64)
+    example = SampleEncoder(processor, budget).encode(sample)
+    reference = processor.image_processor(images=[Image.open(path).convert("RGB")],
+                                          return_tensors="pt", **budget.images_kwargs())
+    assert example["image_grid_thw"].tolist() == reference["image_grid_thw"].tolist()
+    assert TokenPlanner(processor, budget).plan(sample).total == len(example["input_ids"])
+    gap = (example["pixel_values"] - reference["pixel_values"]).abs().mean().item()
+    assert gap < 0.02, gap  # normalised pixels: the same picture, differently downscaled

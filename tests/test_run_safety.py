@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.configio import ConfigError, config_main, load_config
+from data.configio import ConfigError, config_main, load_config, to_dict
 from tests.helpers import launch
 from tests.helpers.checkpoint_faults import CreatesFile, SmallEngine, full_disk_on
 from tests.helpers.faults import TrainFaults
 from tests.helpers.launch import QUICK_TRAIN, TRAIN_CONFIG
 from train import checkpoint as ckpt
-from train import layout
+from train import layout, run_folder
 from train.config import Config
 from train.distributed import DistInfo
 from train.errors import CheckpointError, NonFiniteError, RunFolderError
@@ -161,7 +161,22 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny, corpus, finished, t
     assert f"{out / 'checkpoint-2'} was trained with another config" in message
     assert "lora.r: 4 in the checkpoint, 8 now" in message
     assert "data sources:" in message and "train.json" in message and "eval.json" in message
-    assert "lora.alpha" not in message and "model.path" not in message  # only what differs
+    listed = message.split(". Set these keys")[0]
+    assert "lora.alpha" not in listed and "model.path" not in listed  # only what differs
+    assert "train.resume_allow_changes=[model.path, data]" in message
+
+    # A moved data folder (or model folder) can be allowed; the LoRA shape never.
+    with pytest.raises(CheckpointError, match="lora.r: 4 in the checkpoint, 8 now") as refused:
+        train(config(tiny, corpus, out, "train.max_steps=3", "train.resume=auto", "lora.r=8",
+                     f"data.train={corpus['eval']}", "train.resume_allow_changes=[data]"))
+    assert "data sources" not in str(refused.value)
+    moved = config(tiny, corpus, out, "train.max_steps=3", "train.resume=auto",
+                   f"data.train={corpus['eval']}", "train.resume_allow_changes=[data]")
+    claim = run_folder.claim(moved, to_dict(moved))
+    run_folder.release_lock(claim.lock)
+    assert claim.resume_from == out / "checkpoint-2"
+    assert any(note.startswith(f"resuming {out / 'checkpoint-2'} although data sources:")
+               and note.endswith("(train.resume_allow_changes)") for note in claim.notes)
 
     # No checkpoint to resume, but the folder's config.json is of another run: refused too.
     for checkpoint in layout.checkpoint_folders(out):

@@ -235,15 +235,16 @@ def saved_config(checkpoint: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def config_differences(saved: dict, now: dict) -> list[str]:
+def config_differences(saved: dict, now: dict, allowed: tuple[str, ...] = ()) -> list[str]:
     """What differs between the run config a checkpoint was trained with and this run's, among
     what its weights and data order depend on: the base model, the LoRA shape and the data
     sources. Learning rate, steps and logging may change on resume. A section the saved config
-    lacks is not compared."""
+    lacks is not compared, nor one ``allowed`` names (``model.path``, ``data``: the config's
+    ``train.resume_allow_changes``)."""
     differences = []
     for section, key, of in (("model", "model.path", _model_path), ("lora", "lora", _lora_shape),
                              ("data", "data sources", _sources)):
-        if section not in saved:
+        if section not in saved or key.split()[0] in allowed:
             continue
         was, is_now = of(saved), of(now)
         if section == "lora":

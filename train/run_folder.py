@@ -90,7 +90,7 @@ def claim(cfg, run_config: dict) -> Claim:
         notes += settle_previous_run(out, cfg.train)
         resume_from = ckpt.resolve_resume(out, cfg.train.resume)
         if resume_from is not None:
-            check_resumable(resume_from, run_config)
+            notes += check_resumable(resume_from, run_config)
             run_id = ckpt.read_trainer_state(resume_from).get("run_id") or run_id
             write_lock(lock, run_id)
         elif cfg.train.resume == "auto":
@@ -136,15 +136,22 @@ def delete_previous_run(out: Path) -> list[str]:
     return names
 
 
-def check_resumable(checkpoint: Path, run_config: dict) -> None:
-    """No pickle in it could run code, and it was trained with this model, adapter and data."""
+def check_resumable(checkpoint: Path, run_config: dict) -> list[str]:
+    """No pickle in it could run code, and it was trained with this model, adapter and data
+    (or what differs is allowed by ``train.resume_allow_changes``: returned as notes)."""
     check_pickles(checkpoint)
-    differences = ckpt.config_differences(ckpt.saved_config(checkpoint), run_config)
+    saved = ckpt.saved_config(checkpoint)
+    allowed = tuple(run_config.get("train", {}).get("resume_allow_changes") or ())
+    differences = ckpt.config_differences(saved, run_config, allowed)
     if differences:
         raise CheckpointError(f"train.resume: {checkpoint} was trained with another config: "
                               f"{'; '.join(differences)}. Set these keys back to the "
-                              f"checkpoint's values to continue it, or start a new run (a new "
-                              f"train.output_dir, or train.overwrite=true to replace this one)")
+                              f"checkpoint's values to continue it (a moved model or data "
+                              f"folder: train.resume_allow_changes=[model.path, data]), or "
+                              f"start a new run (a new train.output_dir, or "
+                              f"train.overwrite=true to replace this one)")
+    return [f"resuming {checkpoint} although {d} (train.resume_allow_changes)"
+            for d in ckpt.config_differences(saved, run_config) if d not in differences]
 
 
 def nothing_to_resume(out: Path, run_config: dict) -> list[str]:
@@ -153,7 +160,8 @@ def nothing_to_resume(out: Path, run_config: dict) -> list[str]:
     previous = out / layout.RUN_CONFIG
     if not previous.is_file():
         return []
-    differences = ckpt.config_differences(json.loads(previous.read_text()), run_config)
+    allowed = tuple(run_config.get("train", {}).get("resume_allow_changes") or ())
+    differences = ckpt.config_differences(json.loads(previous.read_text()), run_config, allowed)
     if differences:
         raise RunFolderError(f"train.resume=auto: {out} holds no complete checkpoint, and its "
                              f"config.json is of another run: {'; '.join(differences)}. Choose "
@@ -166,18 +174,20 @@ def nothing_to_resume(out: Path, run_config: dict) -> list[str]:
 
 # --- The lock --------------------------------------------------------------------------------
 
-def take_lock(out: Path, run_id: str) -> tuple[Path, list[str]]:
-    """Create ``out/run.lock`` for this process, or take over one whose process is gone; a
-    live holder (or one on another host, which cannot be checked) refuses."""
-    path = out / layout.LOCK
+def take_lock(out: Path, run_id: str, key: str = "train.output_dir",
+              name: str = layout.LOCK) -> tuple[Path, list[str]]:
+    """Create ``out/<name>`` for this process, or take over one whose process is gone; a
+    live holder (or one on another host, which cannot be checked) refuses. ``key``: the config
+    key naming ``out``, for the message (eval runs lock their output folder too)."""
+    path = out / name
     if _create_lock(path, run_id):
         return path, []
     holder = _read_lock(path)
     if not _is_stale(holder):
-        raise RunFolderError(_in_use(out, path, holder))
+        raise RunFolderError(_in_use(out, path, holder, key))
     _remove_stale_lock(path, holder)
     if not _create_lock(path, run_id):  # another run took it over first
-        raise RunFolderError(_in_use(out, path, _read_lock(path)))
+        raise RunFolderError(_in_use(out, path, _read_lock(path), key))
     note = (f"took over {path}: run {holder.get('run_id')} (pid {holder.get('pid')} on this "
             f"host) is no longer running")
     return path, [note]
@@ -249,11 +259,11 @@ def _remove_stale_lock(path: Path, holder: dict) -> None:
     moved.unlink()
 
 
-def _in_use(out: Path, path: Path, holder: dict | None) -> str:
+def _in_use(out: Path, path: Path, holder: dict | None, key: str) -> str:
     if holder is None:
-        return (f"train.output_dir {out} is locked by {path}, which does not say who holds it; "
+        return (f"{key} {out} is locked by {path}, which does not say who holds it; "
                 f"if no run is using the folder, delete {path}")
-    return (f"train.output_dir {out} is in use by run {holder.get('run_id')} (pid "
+    return (f"{key} {out} is in use by run {holder.get('run_id')} (pid "
             f"{holder.get('pid')} on host {holder.get('host')}); wait for it to finish or choose "
-            f"another train.output_dir (if that run is gone, e.g. its machine crashed, delete "
+            f"another {key} (if that run is gone, e.g. its machine crashed, delete "
             f"{path})")

@@ -33,9 +33,15 @@ from data.samples import SampleError
 
 INLINE_PREFIXES = ("data:image/", "data:image;")  # with a subtype, and Qwen's spelling without
 MAX_ASPECT_RATIO = 200  # Qwen3-VL's resize refuses a longer side than this times the shorter
-# Images with more pixels are refused before any decode (PIL's own limit by default). Raising
-# it also needs PIL.Image.MAX_IMAGE_PIXELS raised: PIL refuses twice its limit when opening.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+# Images with more pixels are refused before any decode: PIL's own limit by default, the
+# config's data.max_image_pixels through ``set_max_image_pixels``.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (about 0.25 GB of RGB)
+MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+# A JPEG this many times larger (per side) than the size it is resized to is decoded at a
+# reduced scale (``Image.draft``: 1/2, 1/4 or 1/8, from the DCT coefficients): a 50 MP photo
+# for a 1 MP budget costs 1/64 of the memory and time. Below it the full decode is kept, so
+# ordinary images get exactly the pixels the HF processor would.
+DRAFT_FACTOR = 2
 SHORT_REF_CHARS = 160  # longer references are quoted with their middle left out
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2-8 flips and quarter turns
 # EXIF orientation -> the transpose that shows the stored pixels as viewers do (the table of
@@ -214,6 +220,17 @@ def pil_errors(name: str):
                          f"{name}") from None
 
 
+def set_max_image_pixels(limit: int) -> None:
+    """Refuse images of more than ``limit`` pixels from now on, in this process (the config's
+    ``data.max_image_pixels``). PIL's own guard (a warning above its limit, an error above twice
+    it) moves along, so that it does not refuse first with its own message."""
+    global MAX_IMAGE_PIXELS
+    if limit <= 0:
+        raise ValueError(f"max_image_pixels must be > 0, got {limit}")
+    MAX_IMAGE_PIXELS = int(limit)
+    Image.MAX_IMAGE_PIXELS = max(MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS)
+
+
 def check_pixels(width: int, height: int, name: str) -> None:
     """MediaError unless a ``width`` x ``height`` image may be decoded and resized: at most
     ``MAX_IMAGE_PIXELS`` (checked from the header, before any decode: a few bytes of PNG can
@@ -294,7 +311,9 @@ def image_size(ref: str) -> tuple[int, int]:
         open_image, nbytes = _opener(ref)
         return header_size(open_image, short_ref(ref), nbytes)
     stat = _stat(ref)
-    return _file_size(ref, stat.st_mtime_ns, stat.st_size)
+    height, width = _file_size(ref, stat.st_mtime_ns, stat.st_size)
+    check_pixels(width, height, short_ref(ref))  # the limit may have changed since it was cached
+    return height, width
 
 
 @lru_cache(maxsize=65536)
@@ -302,11 +321,17 @@ def _file_size(path: str, mtime_ns: int, nbytes: int) -> tuple[int, int]:  # mti
     return header_size(lambda: Image.open(path), short_ref(path), nbytes)
 
 
-def load_image(ref) -> Image.Image:
+def load_image(ref, fit: tuple[int, int] | None = None) -> Image.Image:
     """RGB pixels of a reference (path, inline data URI, archive member) as viewers show it
     (EXIF orientation applied, transparency on white), or of an image already in memory (a PIL
     image, as lmms-eval tasks and decoded datasets hand them over). Raises MediaError naming
-    the file, with the reasons of ``image_size``."""
+    the file, with the reasons of ``image_size``.
+
+    ``fit``: the displayed (height, width) the image will be resized to (the processor's
+    ``smart_resize`` of its size under the budget). A JPEG at least ``DRAFT_FACTOR`` times larger
+    per side is then decoded at a reduced scale and resized to exactly ``fit`` here, so the
+    processor keeps that size (its resize of an already fitted size is the identity) and the
+    token count stays the planned one."""
     if isinstance(ref, Image.Image):
         return to_rgb(upright(ref))
     name = short_ref(ref)
@@ -320,7 +345,25 @@ def load_image(ref) -> Image.Image:
             raise MediaError(f"empty image file (0 bytes): {name}")
         with open_image() as im:
             check_pixels(*im.size, name)
+            if fit is not None and _draft(im, fit):
+                return to_rgb(upright(im)).resize((fit[1], fit[0]), Image.Resampling.BICUBIC)
             return to_rgb(upright(im))
+
+
+def _draft(im: Image.Image, fit: tuple[int, int]) -> bool:
+    """Ask a JPEG decoder for a reduced scale that still covers ``fit`` (displayed height,
+    width); True when it took one. Only JPEG decoders can scale while decoding."""
+    if im.format != "JPEG":
+        return False
+    height, width = fit
+    if orientation(im) in (5, 6, 7, 8):  # stored sideways: the stored sides are swapped
+        height, width = width, height
+    stored_w, stored_h = im.size
+    if stored_w < DRAFT_FACTOR * width or stored_h < DRAFT_FACTOR * height:
+        return False
+    mode = "RGB" if im.mode in ("RGB", "YCbCr") else im.mode  # keep L / CMYK as they are
+    im.draft(mode, (width, height))
+    return im.size != (stored_w, stored_h)
 
 
 def inspect_image(ref: str, decode: bool = False) -> tuple[int, int]:
