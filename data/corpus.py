@@ -71,7 +71,10 @@ class Corpus:
 
 
 def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,
-                progress: bool = False) -> Corpus:
+                progress: bool = False, sequence_parallel: int = 1) -> Corpus:
+    """Every source read (and with ``plan``, planned: token counts, budgets, over-budget
+    samples shrunk or reported). ``sequence_parallel``: the training run's degree, named in
+    over-budget reasons (one sample is split over that many ranks)."""
     images_lib.set_max_image_pixels(cfg.max_image_pixels)  # for planning and encoding alike
     samples, offsets, encoders, lengths = [], [], [], []
     for source in cfg.source_configs():
@@ -80,7 +83,7 @@ def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,
         if plan:
             start = len(bad.records)
             found, found_lengths = _plan(found, TokenPlanner(processor, budget), cfg, bad,
-                                         progress, source.name)
+                                         progress, source.name, sequence_parallel)
             bad.name_source(start, source.name)
             lengths += found_lengths
         offsets.append(len(samples))
@@ -89,7 +92,8 @@ def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,
     return Corpus(samples, offsets, cfg.source_configs(), encoders, lengths if plan else None)
 
 
-def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, name: str):
+def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, name: str,
+          sequence_parallel: int = 1):
     kept, lengths = [], []
     for sample in tqdm(samples, desc=f"planning {name}", disable=not progress, leave=False):
         try:
@@ -107,6 +111,7 @@ def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, 
             bad.add(BadSample(sample.source, sample.index, sample.id, reason))
             continue
         if problem:
+            problem += _how_to_fit(p, cfg, sequence_parallel)
             bad.add(BadSample(sample.source, sample.index, sample.id, f"over budget: {problem}"))
             continue
         kept.append(sample)
@@ -120,6 +125,20 @@ def _over_budget(p, cfg: DataConfig) -> str | None:
     if cfg.max_visual_tokens is not None and p.visual_tokens > cfg.max_visual_tokens:
         return f"{p.visual_tokens} visual tokens > data.max_visual_tokens {cfg.max_visual_tokens}"
     return None
+
+
+def _how_to_fit(p, cfg: DataConfig, sequence_parallel: int) -> str:
+    """What would let a sample over data.max_seq_len train: samples are never cut (a cut
+    through visual tokens breaks them), so a larger max_seq_len, whose memory sequence
+    parallelism divides between ranks."""
+    if p.total <= cfg.max_seq_len:
+        return ""
+    per_rank = -(-p.total // sequence_parallel)
+    where = (f"with distributed.sequence_parallel={sequence_parallel} each rank would hold "
+             f"{per_rank} of its tokens" if sequence_parallel > 1 else
+             "distributed.sequence_parallel=N splits one sample's tokens over N ranks")
+    return (f"; to train it, raise data.max_seq_len to >= {p.total} ({where}) or lower "
+            f"data.vision's budget")
 
 
 def scaled_budget(budget: VisionBudget, scale: float) -> VisionBudget:
