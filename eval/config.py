@@ -91,6 +91,9 @@ class GenerationConfig:
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "penalty on tokens already generated (> 0; 1: none); applies to greedy "
                 "decoding too"})
+    presence_penalty: float = field(default=0.0, metadata={
+        "help": "subtracted once from the logit of every token already generated (vLLM's "
+                "definition; prompt tokens not counted), with do_sample; 0: none"})
     seed: int = field(default=0, metadata={
         "help": "sampling seed (per sample under vLLM, per batch under hf)"})
 
@@ -102,13 +105,16 @@ class GenerationConfig:
                              "(for greedy decoding set do_sample: false)")
         if not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
             raise ValueError("generation: top_p must be in (0, 1], top_k >= 0, repetition_penalty > 0")
+        if not -2 <= self.presence_penalty <= 2:
+            raise ValueError(f"generation.presence_penalty {self.presence_penalty}: must be in "
+                             f"[-2, 2] (vLLM's range), e.g. 1.5")
 
     def generate_kwargs(self) -> dict:
         """Arguments for transformers' ``generate``."""
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                   "repetition_penalty": self.repetition_penalty}
         if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         return kwargs
 
 
@@ -141,8 +147,26 @@ class EvalConfig:
     leaderboard_base: str | None = field(default=None, metadata={
         "help": "a checkpoint name: deltas against it in the md and html leaderboards"})
     progress: bool = field(default=True, metadata={"help": "show a console progress bar"})
+    preset: Literal["greedy", "qwen3vl-instruct", "qwen3vl-thinking"] = field(default="greedy", metadata={
+        "help": "greedy (compare checkpoints on one deterministic answer), qwen3vl-instruct or "
+                "qwen3vl-thinking (Qwen's published sampling settings, eval/presets.py); a "
+                "generation key set to a value other than its default wins over the preset"})
+    samples_per_item: int = field(default=1, metadata={
+        "help": "answers sampled per item, with seeds generation.seed, +1, ...; the score is "
+                "their mean, with the spread over seeds (needs a sampling preset or do_sample)"})
 
     def __post_init__(self):
+        from eval.presets import apply_generation, task_vision
+
+        apply_generation(self.preset, self.generation, GenerationConfig())
+        if self.samples_per_item < 1:
+            raise ValueError(f"samples_per_item {self.samples_per_item}: must be 1 or more")
+        if self.samples_per_item > 1 and not self.generation.do_sample:
+            raise ValueError(f"samples_per_item {self.samples_per_item}: greedy decoding gives the "
+                             f"same answer every time; set preset: qwen3vl-instruct (or "
+                             f"generation.do_sample: true) or samples_per_item: 1")
+        for spec in self.tasks:
+            spec.vision = {**task_vision(self.preset, spec.name), **spec.vision}
         if not self.checkpoints or not self.tasks:
             raise ValueError("eval config needs at least one entry in checkpoints and in tasks")
         for i, c in enumerate(self.checkpoints):

@@ -7,7 +7,8 @@ cannot be prepared (an unreadable image) is recorded by the runner without losin
 A backend also exposes ``processor``, the checkpoint's own: the runner reads its chat template
 (a Thinking template opens ``<think>`` in the prompt, which changes how replies are scored).
 
-``hf`` is batched generation with transformers (left padding, greedy by default); ``vllm``
+``hf`` is batched generation with transformers (left padding, greedy by default; a presence
+penalty as vLLM defines it, ``eval.sampling``); ``vllm``
 (``eval.vllm_backend``) serves the same prompts through vLLM when it is installed and a GPU
 is present.
 """
@@ -18,6 +19,7 @@ import torch
 
 from data.encode import SampleEncoder, collate
 from eval.checkpoints import ResolvedCheckpoint, load_checkpoint
+from eval.sampling import hf_generate_kwargs
 
 
 class HFGenerator:
@@ -37,7 +39,9 @@ class HFGenerator:
     def generate(self, prepared: list[dict]) -> list[str]:
         batch = collate(prepared, self.processor.tokenizer.pad_token_id, padding_side="left")
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        out = self.model.generate(**batch, **self.gen.generate_kwargs())
+        if self.gen.do_sample:
+            torch.manual_seed(self.gen.seed)  # per batch: the same batch samples the same reply
+        out = self.model.generate(**batch, **hf_generate_kwargs(self.gen, batch["input_ids"].shape[1]))
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         return self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 

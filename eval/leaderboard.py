@@ -13,9 +13,19 @@ Schema. The leaderboard JSON is a list of entries, each with exactly these keys 
     score        float in [0, 1]
     config_hash  the run's cache key (16 hex chars) or null
     date         ISO-8601 UTC time of the run, e.g. "2026-11-23T10:00:00Z", or null
+    unparsed     replies no answer could be read from (scored 0), or null (older results)
+    ci           [low, high]: the score's 95% bootstrap interval (``eval.stats``), or null
+    items        hash of the ordered item ids the score is over, or null
+    item_scores  the per-item scores in that order, or null: what paired tests between two
+                 checkpoints on the same ``items`` are computed from
 
-Everything else a results row carries (adapter, unparsed, breakdown, ...) stays in the eval's
+Everything else a results row carries (adapter, breakdown, ...) stays in the eval's
 ``results/<checkpoint>.json``: the leaderboard compares scores; the results say how they came about.
+
+Significance. Where two checkpoints have item scores over the same items, the Markdown and HTML
+mark a delta vs the base with ``*`` when the paired test (McNemar mid-p for 0/1 scores, a
+paired bootstrap otherwise; ``eval.stats.paired_p``) gives p < 0.05, and
+``--expect-ahead A:B --significant`` requires that on every task.
 
 Merging. Inputs are eval output folders, their ``results/`` folders, results files, or earlier
 leaderboard files, in any mix; ``normalise`` turns each row into an entry. When the same
@@ -37,7 +47,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ENTRY_KEYS = ("model", "checkpoint", "benchmark", "task", "split", "metric", "n", "score",
-              "config_hash", "date")
+              "config_hash", "date", "unparsed", "ci", "items", "item_scores")
+TABLE_KEYS = ENTRY_KEYS[:-1]  # the wandb table: everything but the per-item scores
 REQUIRED_KEYS = ("checkpoint", "task", "metric", "score", "n")
 
 
@@ -64,7 +75,29 @@ def normalise(row: dict, source: str) -> dict:
             "benchmark": row.get("benchmark") or _benchmark_of(row["task"]),
             "task": str(row["task"]), "split": row.get("split"), "metric": str(row["metric"]),
             "n": row["n"], "score": float(score),
-            "config_hash": row.get("config_hash", row.get("key")), "date": date}
+            "config_hash": row.get("config_hash", row.get("key")), "date": date,
+            **_noise_fields(row, source)}
+
+
+def _noise_fields(row: dict, source: str) -> dict:
+    """unparsed, ci, items, item_scores of a row (null where an older row has none), checked."""
+    unparsed, ci, items, item_scores = (row.get(k) for k in ("unparsed", "ci", "items", "item_scores"))
+    if unparsed is not None and (isinstance(unparsed, bool) or not isinstance(unparsed, int)):
+        raise ValueError(f"{source}: unparsed must be an integer, got {unparsed!r}")
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci)):
+        raise ValueError(f"{source}: ci must be [low, high], got {ci!r}")
+    if item_scores is not None:
+        if not isinstance(item_scores, list) or not all(_number(v) for v in item_scores) \
+                or len(item_scores) != row["n"]:
+            raise ValueError(f"{source}: item_scores must be a list of n={row['n']} numbers")
+        if not isinstance(items, str):
+            raise ValueError(f"{source}: item_scores without the items hash they are over")
+    return {"unparsed": unparsed, "ci": [float(v) for v in ci] if ci else None,
+            "items": items if item_scores is not None else None, "item_scores": item_scores}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _benchmark_of(task: str) -> str:
@@ -193,26 +226,63 @@ def _check_base(entries: list[dict], base: str | None) -> None:
                          f"checkpoints: {checkpoints(entries)}")
 
 
+def entry_table(entries: list[dict]) -> dict[tuple[str, str], dict]:
+    """{(checkpoint, task): entry}."""
+    return {(e["checkpoint"], e["task"]): e for e in entries}
+
+
+def paired_pvalue(a: dict | None, b: dict | None) -> float | None:
+    """p-value of the paired test between two entries' item scores (``eval.stats.paired_p``);
+    None unless both have item scores over the same items."""
+    if not a or not b or a.get("item_scores") is None or b.get("item_scores") is None \
+            or a.get("items") != b.get("items"):
+        return None
+    from eval.stats import paired_p
+
+    return paired_p(a["item_scores"], b["item_scores"])
+
+
 def markdown(rows: list[dict], base: str | None = None) -> str:
-    """Rows = checkpoints, columns = task (metric), scores in %. With ``base``, every other
-    checkpoint's score also shows its difference from the base in points: ``41.2 (+3.1)``."""
+    """Rows = checkpoints, columns = task (metric), scores in % with their 95% interval where
+    known: ``41.2 [38.0, 44.4]``. With ``base``, every other checkpoint's score also shows its
+    difference from the base in points, ``*`` when the paired test says p < 0.05:
+    ``41.2 (+3.1*)``. Unparsed counts follow the table."""
+    from eval.stats import ALPHA
+
     entries = as_entries(rows)
     _check_base(entries, base)
-    cols, score = columns(entries), score_table(entries)
+    cols, table = columns(entries), entry_table(entries)
     lines = ["| checkpoint | " + " | ".join(_md(f"{c['task']} ({c['metric']})") for c in cols) + " |",
              "|" + "---|" * (len(cols) + 1)]
+    marked = False
     for ck in checkpoints(entries):
         cells = []
         for c in cols:
-            value, ref = score.get((ck, c["task"])), score.get((base, c["task"]))
-            cell = "" if value is None else f"{100 * value:.1f}"
-            if value is not None and ref is not None and ck != base:
-                cell += f" ({100 * (value - ref):+.1f})"
+            entry, ref = table.get((ck, c["task"])), table.get((base, c["task"]))
+            cell = "" if entry is None else f"{100 * entry['score']:.1f}"
+            if entry is not None and entry["ci"]:
+                cell += f" [{100 * entry['ci'][0]:.1f}, {100 * entry['ci'][1]:.1f}]"
+            if entry is not None and ref is not None and ck != base:
+                p = paired_pvalue(ref, entry)
+                star = "*" if p is not None and p < ALPHA else ""
+                marked |= bool(star)
+                cell += f" ({100 * (entry['score'] - ref['score']):+.1f}{star})"
             cells.append(cell)
         lines.append(f"| {_md(ck)} | " + " | ".join(cells) + " |")
     note = f"; deltas in points vs {_md(base)}" if base is not None else ""
-    return "\n".join(lines) + f"\n\nScores in %{note}. n per task: " + ", ".join(
+    text = "\n".join(lines) + f"\n\nScores in %{note}. n per task: " + ", ".join(
         f"{_md(c['task'])}={c['n']}" for c in cols) + "\n"
+    if any(e["ci"] for e in entries):
+        text += "\n[low, high]: 95% bootstrap interval over items.\n"
+    if base is not None and any(e["item_scores"] is not None for e in entries):
+        text += (f"\n\\*: the delta is significant, p < {ALPHA} in a paired test on the same items "
+                 f"(McNemar mid-p for 0/1 scores, paired bootstrap otherwise)"
+                 + ("" if marked else "; none is") + ".\n")
+    unparsed = [f"{_md(e['checkpoint'])}/{_md(e['task'])}={e['unparsed']}/{e['n']}"
+                for e in entries if e["unparsed"]]
+    if unparsed:
+        text += "\nUnparsed replies (scored 0): " + ", ".join(unparsed) + "\n"
+    return text
 
 
 # Names and task texts come from results files anyone may have written: in Markdown, HTML
@@ -299,27 +369,51 @@ def log_wandb(rows: list[dict], project: str, run_name: str | None = None, key: 
     entries = as_entries(rows)
     run = wandb.init(project=project, name=run_name, job_type="leaderboard")
     try:
-        run.log({key: wandb.Table(columns=list(ENTRY_KEYS), data=[[e[k] for k in ENTRY_KEYS] for e in entries])})
+        run.log({key: wandb.Table(columns=list(TABLE_KEYS),
+                                 data=[[_cell(e[k]) for k in TABLE_KEYS] for e in entries])})
     finally:
         run.finish()
     return run
 
 
-def ahead_failures(entries: list[dict], ahead: str, behind: str) -> list[str]:
+def _cell(value):
+    return str(value) if isinstance(value, list) else value
+
+
+def ahead_failures(entries: list[dict], ahead: str, behind: str, significant: bool = False,
+                   alpha: float | None = None) -> list[str]:
     """Every task on which checkpoint ``ahead`` does not score strictly above ``behind`` (a
-    missing score counts as 0), as messages; [] when it is ahead everywhere."""
-    score = score_table(entries)
-    return [f"{ahead} is not ahead of {behind} on {task}: "
-            f"{score.get((ahead, task))} vs {score.get((behind, task))}"
-            for task in dict.fromkeys(e["task"] for e in entries)
-            if not score.get((ahead, task), 0.0) > score.get((behind, task), 0.0)]
+    missing score counts as 0), as messages; [] when it is ahead everywhere. ``significant``:
+    being ahead counts only where the paired test on the same items gives p < ``alpha``
+    (default ``eval.stats.ALPHA``); a task without item scores over the same items fails, saying so."""
+    from eval.stats import ALPHA
+
+    alpha = ALPHA if alpha is None else alpha
+    table = entry_table(entries)
+    failures = []
+    for task in dict.fromkeys(e["task"] for e in entries):
+        a, b = table.get((ahead, task)), table.get((behind, task))
+        sa, sb = (a or {}).get("score"), (b or {}).get("score")
+        if not (sa or 0.0) > (sb or 0.0):
+            failures.append(f"{ahead} is not ahead of {behind} on {task}: {sa} vs {sb}")
+        elif significant:
+            p = paired_pvalue(b, a)
+            if p is None:
+                failures.append(f"{ahead} vs {behind} on {task}: no per-item scores over the same "
+                                f"items to test significance (re-run both with this version, on "
+                                f"the same items)")
+            elif p >= alpha:
+                failures.append(f"{ahead} is ahead of {behind} on {task} but not significantly: "
+                                f"{sa} vs {sb}, p={p:.3g} >= {alpha}")
+    return failures
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m eval.leaderboard SOURCE... [--out STEM] [--base CK] [--html] [--png]
-    [--wandb PROJECT] [--expect-ahead A:B ...]``: merge the sources (eval output folders,
-    results folders, results or leaderboard files), print the table, write what is asked, and
-    exit 1 unless each checkpoint A scores above checkpoint B on every task."""
+    [--wandb PROJECT] [--expect-ahead A:B ... [--significant] [--alpha P]]``: merge the sources
+    (eval output folders, results folders, results or leaderboard files), print the table, write
+    what is asked, and exit 1 unless each checkpoint A scores above checkpoint B on every task
+    (with --significant: by a paired test's p < 0.05 on the same items)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m eval.leaderboard", description=main.__doc__)
@@ -331,7 +425,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", action="store_true", help="also write STEM.png (needs --out)")
     parser.add_argument("--wandb", metavar="PROJECT", help="log the entries as a wandb table")
     parser.add_argument("--expect-ahead", action="append", default=[], metavar="A:B")
+    parser.add_argument("--significant", action="store_true",
+                        help="with --expect-ahead: A must be ahead by a significant margin (paired "
+                             "test on the same items, p < --alpha) on every task")
+    parser.add_argument("--alpha", type=float, default=None, metavar="P",
+                        help="significance level of --significant (default 0.05)")
     args = parser.parse_args(argv)
+    if (args.significant or args.alpha is not None) and not args.expect_ahead:
+        parser.error("--significant and --alpha go with --expect-ahead A:B")
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        parser.error(f"--alpha {args.alpha}: must be in (0, 1), e.g. 0.05")
     if (args.html or args.png) and not args.out:
         parser.error("--html and --png need --out STEM")
     for pair in args.expect_ahead:
@@ -359,11 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for pair in args.expect_ahead:
         a, _, b = pair.partition(":")
-        failures += ahead_failures(entries, a, b)
+        failures += ahead_failures(entries, a, b, args.significant, args.alpha)
     for failure in failures:
         print(f"[leaderboard] {failure}")
     if args.expect_ahead and not failures:
-        print(f"[leaderboard] ahead on every task: {', '.join(args.expect_ahead)}")
+        print(f"[leaderboard] ahead on every task{' (significantly)' if args.significant else ''}: "
+              f"{', '.join(args.expect_ahead)}")
     return 1 if failures else 0
 
 

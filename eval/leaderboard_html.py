@@ -4,14 +4,20 @@ fetched), so it can be opened from disk, attached to a report or served from any
 The table and the bar chart are rendered here, in Python, with every string escaped; the
 script only rearranges what is already on the page: it sorts the table when a header is
 clicked (numerically for score columns; a second click reverses) and writes each score's
-delta vs the checkpoint chosen in the base select. Scores travel in ``data-score``
-attributes, so the script never parses display text and never builds HTML from data. (The
+delta vs the checkpoint chosen in the base select, with ``*`` where the paired test on the same
+items (precomputed here for every pair of checkpoints, ``data-p``) gives p below the table's
+``data-alpha``. Each score shows its 95% bootstrap interval where known, and its unparsed count
+in its tooltip. Scores travel in ``data-score`` attributes, so the script never parses display
+text and never builds HTML from data. (The
 empty ``data:`` icon keeps browsers from asking a server for /favicon.ico.)
 """
 
 from __future__ import annotations
 
+import json
 from html import escape
+
+from eval.stats import ALPHA
 
 # matplotlib's tab10, so the page and the PNG give each checkpoint the same colour.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -33,6 +39,8 @@ th[aria-sort=descending]::after { content: " \\25BC"; }
 td.score { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .delta { font-size: 0.85em; }
 .delta.pos { color: #1a7f37; } .delta.neg { color: #cf222e; }
+.delta.sig { font-weight: bold; }
+.ci { font-size: 0.8em; color: #666; }
 tr.base td { background: #fff8c5; }
 .legend span { display: inline-block; margin-right: 1em; }
 .legend i { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em; vertical-align: -0.1em; }
@@ -47,6 +55,7 @@ SCRIPT = """
   const body = table.tBodies[0];
   const heads = Array.from(table.tHead.rows[0].cells);
   const select = document.getElementById("base");
+  const alpha = Number(table.dataset.alpha);
 
   function sortKey(row, i, numeric) {
     const cell = row.cells[i];
@@ -86,10 +95,15 @@ SCRIPT = """
         const ref = reference[cell.dataset.task];
         span.className = "delta";
         span.textContent = "";
+        span.removeAttribute("title");
         if (row === baseRow || ref === undefined) return;
         const delta = 100 * (Number(cell.dataset.score) - ref);
-        span.textContent = "(" + (delta >= 0 ? "+" : "") + delta.toFixed(1) + ")";
+        const p = JSON.parse(cell.dataset.p || "{}")[select.value];
+        const significant = p !== undefined && p < alpha;
+        span.textContent = "(" + (delta >= 0 ? "+" : "") + delta.toFixed(1) + (significant ? "*" : "") + ")";
         span.classList.add(delta > 0 ? "pos" : delta < 0 ? "neg" : "zero");
+        if (significant) span.classList.add("sig");
+        if (p !== undefined) span.title = "p = " + p.toPrecision(2) + " (paired test on the same items)";
       });
     });
   }
@@ -117,7 +131,9 @@ def render(entries: list[dict], columns: list[dict], checkpoints: list[str], bas
 </head>
 <body>
 <h1>{escape(title)}</h1>
-<p>Scores in %. Deltas in points vs {_base_select(checkpoints, base)}
+<p>Scores in %, with their 95% bootstrap interval over items where known. Deltas in points vs
+{_base_select(checkpoints, base)} <b>*</b>: significant, p &lt; {ALPHA} in a paired test on the same
+items (McNemar mid-p for 0/1 scores, paired bootstrap otherwise); hover a delta for its p-value.
 Click a column header to sort; click again to reverse.</p>
 {_table(entries, columns, checkpoints, score)}
 <h2>Scores per benchmark</h2>
@@ -145,21 +161,39 @@ def _table(entries: list[dict], columns: list[dict], checkpoints: list[str], sco
                      f'<span class="bench">{escape(where)}</span>{escape(c["task"])}'
                      f'<span class="metric">{escape(c["metric"])}</span>'
                      f'<span class="n">n={escape(c["n"])}</span></th>')
-    rows = []
+    rows, table = [], {(e["checkpoint"], e["task"]): e for e in entries}
     for ck in checkpoints:
         mine = [e for e in entries if e["checkpoint"] == ck]
         model = ", ".join(dict.fromkeys(str(e["model"]) for e in mine if e["model"]))
         date = max((e["date"] for e in mine if e["date"]), default="")
         cells = [_text_cell(ck), _text_cell(model), _text_cell(date)]
         for c in columns:
-            value = score.get((ck, c["task"]))
+            entry = table.get((ck, c["task"]))
             task = escape(c["task"])
-            cells.append(f'<td class="score" data-task="{task}" data-score=""></td>' if value is None else
-                         f'<td class="score" data-task="{task}" data-score="{value!r}">'
-                         f'<span class="value">{100 * value:.1f}</span> <span class="delta"></span></td>')
+            cells.append(f'<td class="score" data-task="{task}" data-score=""></td>' if entry is None
+                         else _score_cell(entry, table, checkpoints))
         rows.append(f'<tr data-checkpoint="{escape(ck)}">{"".join(cells)}</tr>')
-    return (f'<table id="board">\n<thead><tr>{"".join(heads)}</tr></thead>\n'
+    return (f'<table id="board" data-alpha="{ALPHA}">\n<thead><tr>{"".join(heads)}</tr></thead>\n'
             f'<tbody>\n{chr(10).join(rows)}\n</tbody>\n</table>')
+
+
+def _score_cell(entry: dict, table: dict, checkpoints: list[str]) -> str:
+    """A score, its interval, a slot for the delta, and the p-values vs every other checkpoint
+    with item scores over the same items (the script picks the base's)."""
+    from eval.leaderboard import paired_pvalue
+
+    pvalues = {}
+    for other in checkpoints:
+        if other != entry["checkpoint"]:
+            p = paired_pvalue(table.get((other, entry["task"])), entry)
+            if p is not None:
+                pvalues[other] = p
+    value, ci = entry["score"], entry["ci"]
+    title = f'n={entry["n"]}' + (f', unparsed {entry["unparsed"]}' if entry["unparsed"] is not None else "")
+    interval = f' <span class="ci">[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]</span>' if ci else ""
+    return (f'<td class="score" data-task="{escape(entry["task"])}" data-score="{value!r}" '
+            f'data-p="{escape(json.dumps(pvalues))}" title="{escape(title)}">'
+            f'<span class="value">{100 * value:.1f}</span>{interval} <span class="delta"></span></td>')
 
 
 def _text_cell(text: str) -> str:

@@ -44,6 +44,7 @@ from eval.generate import build_generator
 from eval.metrics import prompt_opens_thinking, strip_thinking, thinking_truncated
 from eval.predictions import merge_parts, open_append, read_records
 from eval.results import read_results, results_path, update_results
+from eval.stats import bootstrap_ci, items_key
 from eval.tasks import get_task
 from train.distributed import DistInfo, barrier, cleanup, init_distributed
 
@@ -51,8 +52,11 @@ from train.distributed import DistInfo, barrier, cleanup, init_distributed
 def run_key(cfg: EvalConfig, ck, spec) -> str:
     """A short hash of the settings a prediction depends on (not the weights: see ``cache_key``)."""
     task = {k: v for k, v in asdict(spec).items() if k != "judge"}  # scoring only: see scorer_key
+    generation = asdict(cfg.generation)
+    if not generation["presence_penalty"]:  # a key added later: old caches keep their keys
+        del generation["presence_penalty"]
     payload = {"path": ck.path, "adapter": ck.adapter, "task": task,
-               "generation": asdict(cfg.generation), "vision": asdict(cfg.vision),
+               "generation": generation, "vision": asdict(cfg.vision),
                "dtype": cfg.dtype, "backend": cfg.backend}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -173,6 +177,24 @@ def evaluate_task(generator, cfg: EvalConfig, ck, spec, out_dir: Path,
     return row
 
 
+def evaluate_seeds(generator, cfg: EvalConfig, ck, spec, out_dir: Path, dist=None, hooks=None,
+                   fingerprint: str | None = None) -> dict | None:
+    """``evaluate_task`` once, or with ``samples_per_item`` k > 1 once per seed (generation.seed,
+    +1, ..., each its own cached predictions), combined by ``eval.seeds.combine``."""
+    if cfg.samples_per_item == 1:
+        return evaluate_task(generator, cfg, ck, spec, out_dir, dist, hooks, fingerprint)
+    from eval.seeds import combine
+
+    base, rows = cfg.generation.seed, []
+    try:
+        for j in range(cfg.samples_per_item):
+            cfg.generation.seed = base + j  # the generator reads cfg.generation at each call
+            rows.append(evaluate_task(generator, cfg, ck, spec, out_dir, dist, hooks, fingerprint))
+    finally:
+        cfg.generation.seed = base
+    return None if rows[0] is None else combine(rows, [base + j for j in range(len(rows))])
+
+
 def _say(message: str) -> None:
     print(f"[eval] {message}", flush=True)
 
@@ -204,13 +226,24 @@ def predict_batch(generator, chunk: list, budget, opens_thinking: bool) -> list[
             records.append((s, {"id": s.id, "prediction": "",
                                 "error": f"generation failed: {type(text).__name__}: {text}"}))
             continue
-        record = {"id": s.id, "prediction": text, "answer": s.answer()}
+        record = {"id": s.id, "prediction": text, "answer": s.answer(), **prompt_of(s)}
         if thinking_truncated(text, opens_thinking):
             record["thinking_truncated"] = True
         if id(s) in repairs:
             record["repairs"] = repairs[id(s)]
         records.append((s, record))
     return records
+
+
+def prompt_of(sample) -> dict:
+    """What the model was asked, for ``python -m eval.diff``: the prompt's text (``<image>`` /
+    ``<video>`` where media stood) and the image references."""
+    parts = []
+    for message in sample.prompt_messages():
+        for part in message["content"] if isinstance(message["content"], list) else [
+                {"type": "text", "text": str(message["content"])}]:
+            parts.append(part.get("text", "") if part.get("type") == "text" else f"<{part.get('type')}>")
+    return {"prompt": "".join(parts), "images": [str(ref) for ref in sample.images]}
 
 
 def generate_each(generator, prepared: list[tuple]) -> list[tuple]:
@@ -273,7 +306,10 @@ def rescore_stale(task, samples: list, done: dict[str, dict], scorer: str | None
 
 def score_task(task, samples: list, done: dict[str, dict]) -> dict:
     """Summarise the stored scores of every sample (see ``rescore_stale`` for stale ones);
-    failures score 0 and are counted."""
+    failures score 0 and are counted. The row carries the parse rate beside the score, the 95%
+    bootstrap interval (``ci``, ``eval.stats``: fixed seed, so every checkpoint on the same items
+    is resampled alike), and the per-item scores in the benchmark's order (``item_scores``)
+    with the hash of the item ids (``items``), for paired tests between checkpoints."""
     scores, unparsed, failed, truncated = [], 0, 0, 0
     groups: dict[str, list[float]] = {}
     for s in samples:
@@ -285,8 +321,12 @@ def score_task(task, samples: list, done: dict[str, dict]) -> dict:
         scores.append(score)
         for group in breakdown_keys(task, s):
             groups.setdefault(group, []).append(score)
+    low, high = bootstrap_ci(scores)
     row = {"metric": task.metric, "score": sum(scores) / len(scores), "n": len(scores),
-           "unparsed": unparsed, "failed": failed, "thinking_truncated": truncated}
+           "unparsed": unparsed, "parse_rate": round(1 - unparsed / len(scores), 4),
+           "failed": failed, "thinking_truncated": truncated, "ci": [low, high],
+           "items": items_key([s.id for s in samples]),
+           "item_scores": [round(float(x), 4) for x in scores]}
     if groups:
         row["breakdown"] = {g: {"score": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())}
     return row
@@ -332,12 +372,15 @@ def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
         date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows = []
         for spec in cfg.tasks:
-            row = evaluate_task(generator, cfg, ck, spec, out_dir, dist, hooks, fingerprint)
+            row = evaluate_seeds(generator, cfg, ck, spec, out_dir, dist, hooks, fingerprint)
             if row is None:
                 continue
             row.update(model=resolved.model, adapter=resolved.adapter, checkpoint_kind=resolved.kind,
                        arch=resolved.arch, date=date)
-            print(f"[eval] {ck.name} {row['task']}: {row['metric']}={row['score']:.4f} "
+            spread = (f" (mean of {len(row['seed_scores'])} seeds, sd {row['seed_sd']:.4f})"
+                      if "seed_scores" in row else "")
+            print(f"[eval] {ck.name} {row['task']}: {row['metric']}={row['score']:.4f}{spread} "
+                  f"[95% CI {row['ci'][0]:.4f}, {row['ci'][1]:.4f}] "
                   f"(n={row['n']}, unparsed={row['unparsed']}, failed={row['failed']}"
                   + (f", rescored={row['rescored']}" if row["rescored"] else "") + ")", flush=True)
             rows.append(row)

@@ -52,6 +52,8 @@ def sampling_params_kwargs(gen) -> dict:
         # top_k 0 is ours for "no cut"; -1 is vLLM's in every release.
         kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or -1,
                       seed=gen.seed)
+        if gen.presence_penalty:  # vLLM's own definition, which eval.sampling copies for hf
+            kwargs["presence_penalty"] = gen.presence_penalty
     else:
         kwargs.update(temperature=0.0, top_p=1.0, top_k=-1)
     return kwargs
@@ -202,13 +204,15 @@ class VLLMGenerator:
             from vllm.lora.request import LoRARequest
 
             self.lora_request = LoRARequest("adapter", 1, resolved.adapter)
-        self.sampling_params = SamplingParams(**sampling_params_kwargs(cfg.generation))
+        self.gen, self.make_params = cfg.generation, SamplingParams
         self.llm = LLM(**kwargs)
 
     def prepare(self, sample, budget) -> dict:
         return vllm_prompt(self.processor, sample, budget)
 
     def generate(self, prepared: list[dict]) -> list[str]:
-        outputs = self.llm.generate(prepared, self.sampling_params, lora_request=self.lora_request,
+        # Built per call: samples_per_item moves generation.seed between passes.
+        params = self.make_params(**sampling_params_kwargs(self.gen))
+        outputs = self.llm.generate(prepared, params, lora_request=self.lora_request,
                                     use_tqdm=False)
         return [out.outputs[0].text for out in outputs]

@@ -10,7 +10,26 @@ name=value lines:
       `python -m eval`, gives the uninterrupted scores and predictions (1 or 0), and
       regenerates only what was lost (resume_regenerated=).
 
-Run with no arguments; --batch-size and --per-task change the workload.
+and, cheap (numpy only, a few seconds; alone with --stats-only), the statistics of
+eval/stats.py on simulated checkpoints of known accuracy:
+
+  ci_coverage: the share of 95% bootstrap intervals (900 items) that cover the true accuracy,
+      over 1000 trials at accuracies 0.25/0.5/0.75/0.9 (goal 0.93-0.97);
+  paired_test_false_positive_rate: two checkpoints of equal true accuracy on the same 900
+      items, McNemar mid-p < 0.05, over 2000 trials (goal <= 0.06);
+  paired_test_power: the second checkpoint 5 points better (60% vs 65%), 900 items, over 1000
+      trials (goal >= 0.8);
+  paired_test_agreement: the share of items on which the two simulated checkpoints agree.
+      Items differ in difficulty (each item's chance of being answered right, shared by both
+      checkpoints, is Beta-distributed with mean 0.6 and concentration 1), so two checkpoints
+      agree on about 3/4 of the items, as fine-tunes of one base do; power depends on it;
+  paired_test_power_independent: the same 5 points when the two checkpoints' answers are
+      independent (agreement about 1/2): the worst case, which no test on 900 items lifts to 0.8;
+  presence_penalty_hf_equals_reference: the HF backend's presence penalty
+      (eval/sampling.py) gives vLLM's logits on random cases (1 or 0).
+
+Run with no arguments; --batch-size and --per-task change the workload; --stats-only prints the
+cheap figures alone.
 """
 
 from __future__ import annotations
@@ -48,7 +67,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--per-task", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--stats-only", action="store_true",
+                        help="only the statistics figures (no model, a few seconds)")
     args = parser.parse_args()
+    print_stats_figures()
+    if args.stats_only:
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bench_eval-"))
     data = generate(work / "data", train_per_task=0, eval_per_task=args.per_task)["eval"]
@@ -102,6 +126,33 @@ def main() -> None:
     print(f"dp_equals_single={int(dp == single)}")
     print(f"resume_equals_uninterrupted={int(resumed == single)}")
     print(f"resume_regenerated={regenerated}")
+
+
+def print_stats_figures() -> None:
+    from eval.stats_sim import figures
+
+    for name, value in figures().items():
+        print(f"{name}={value}", flush=True)
+    print(f"presence_penalty_hf_equals_reference={int(presence_penalty_matches(200))}")
+
+
+def presence_penalty_matches(cases: int) -> bool:
+    """eval.sampling.PresencePenalty against vLLM's formula written out in plain Python, on
+    random logits, prompt lengths, generated ids (repeats included) and penalties."""
+    from eval.sampling import PresencePenalty, presence_penalty_reference
+
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(cases):
+        rows, vocab = int(torch.randint(1, 5, (1,), generator=rng)), int(torch.randint(2, 60, (1,), generator=rng))
+        prompt_len, new = (int(x) for x in torch.randint(0, 12, (2,), generator=rng))
+        penalty = float(torch.empty(1).uniform_(-2, 2, generator=rng))
+        ids = torch.randint(0, vocab, (rows, prompt_len + new), generator=rng)
+        logits = torch.randn(rows, vocab, generator=rng)
+        got = PresencePenalty(penalty, prompt_len)(ids, logits.clone())
+        want = torch.tensor(presence_penalty_reference(logits.tolist(), ids[:, prompt_len:].tolist(), penalty))
+        if not torch.allclose(got, want, atol=1e-6, rtol=0):
+            return False
+    return True
 
 
 def run_cli(config: Path, nproc: int = 1, kill_after_batches: int | None = None,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from data.configio import load_config
 from eval.config import EvalConfig
 from tests.helpers.benchmark_data import (MATHVISTA_ROWS, mathvista_folder, mmmu_folder,
@@ -34,8 +36,16 @@ def test_mmmu_and_mathvista_end_to_end(tmp_path, tiny):
         assert len(records) == rows[task]["n"]
         assert all(r["score"] == 0 for r in records if not r["parsed"])
         assert sum(not r["parsed"] for r in records) == rows[task]["unparsed"]
+        # Parse rate beside the score; interval and per-item scores for paired tests; prompts
+        # and images recorded for eval.diff.
+        row = rows[task]
+        assert row["parse_rate"] == pytest.approx(1 - row["unparsed"] / row["n"], abs=1e-4)
+        assert row["item_scores"] == [r["score"] for r in records] and len(row["items"]) == 16
+        assert row["ci"][0] <= row["score"] <= row["ci"][1]
+        assert all(r["prompt"] and r["images"] for r in records)
     board = json.loads((tmp_path / "out/board.json").read_text())
     assert {r["task"] for r in board} == {"mmmu_val", "mathvista_testmini"}
+    assert all(e["item_scores"] is not None and e["ci"] is not None for e in board)
 
 
 def test_grounding_end_to_end(tmp_path, tiny):

@@ -48,10 +48,11 @@ def test_json_has_exactly_the_schema_keys(tmp_path):
     board = json.loads(js.read_text())
     assert [tuple(e) for e in board] == [ENTRY_KEYS] * len(ROWS)
     assert ENTRY_KEYS == ("model", "checkpoint", "benchmark", "task", "split", "metric", "n", "score",
-                          "config_hash", "date")
+                          "config_hash", "date", "unparsed", "ci", "items", "item_scores")
     assert board[0] == {"model": "Qwen/Qwen3-VL-2B-Instruct", "checkpoint": "base", "benchmark": "MMMU",
                         "task": "mmmu_val", "split": "validation", "metric": "accuracy", "n": 100,
-                        "score": 0.41, "config_hash": "0123456789abcdef", "date": "2026-11-23T10:00:00Z"}
+                        "score": 0.41, "config_hash": "0123456789abcdef", "date": "2026-11-23T10:00:00Z",
+                        "unparsed": 1, "ci": None, "items": None, "item_scores": None}
     # A leaderboard file reads back to the same entries (it is a valid source itself).
     assert leaderboard.load([js]) == board
 
@@ -124,7 +125,8 @@ def test_pre_schema_results_are_tolerated(tmp_path):
     entries = leaderboard.load([tmp_path])
     assert entries[0] == {"model": "m", "checkpoint": "base", "benchmark": "MMMU", "task": "mmmu_val",
                           "split": None, "metric": "accuracy", "n": 8, "score": 0.3,
-                          "config_hash": "feedfacefeedface", "date": None}
+                          "config_hash": "feedfacefeedface", "date": None, "unparsed": None,
+                          "ci": None, "items": None, "item_scores": None}
     assert entries[1]["benchmark"] == "my_private_task"  # not registered: the task name
     # An old result loses to a dated new one for the same checkpoint and task.
     new = write_results(tmp_path / "new", [row("base", "mmmu_val", 0.6)])
@@ -138,6 +140,12 @@ def test_pre_schema_results_are_tolerated(tmp_path):
     ('[{"checkpoint": "b", "task": "t", "metric": "m", "n": 1, "score": "high"}]', "row 0: score must be a number"),
     ('[{"checkpoint": "b", "task": "t", "metric": "m", "n": 1, "score": 1, "date": "yesterday"}]',
      "row 0: date is not ISO-8601"),
+    ('[{"checkpoint": "b", "task": "t", "metric": "m", "n": 2, "score": 1, "items": "ab",'
+     ' "item_scores": [1]}]', "row 0: item_scores must be a list of n=2 numbers"),
+    ('[{"checkpoint": "b", "task": "t", "metric": "m", "n": 1, "score": 1, "item_scores": [1]}]',
+     "row 0: item_scores without the items hash"),
+    ('[{"checkpoint": "b", "task": "t", "metric": "m", "n": 1, "score": 1, "ci": [0.1]}]',
+     "row 0: ci must be [low, high]"),
 ])
 def test_bad_results_file_is_named(tmp_path, content, message):
     path = tmp_path / "results.json"
@@ -206,7 +214,7 @@ def test_wandb_table_offline(tmp_path, monkeypatch):
     tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/leaderboard_*.table.json"))
     assert len(tables) == 1, list(tmp_path.rglob("*"))
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == list(ENTRY_KEYS)
+    assert table["columns"] == list(leaderboard.TABLE_KEYS) == list(ENTRY_KEYS[:-1])
     assert [r[1:4] for r in table["data"]][:2] == [["base", "MMMU", "mmmu_val"], ["base", "DocVQA", "docvqa_val"]]
     assert len(table["data"]) == len(ROWS)
 
@@ -215,3 +223,67 @@ def test_wandb_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(RuntimeError, match="pip install wandb"):
         leaderboard.log_wandb(ROWS, "leaderboard-test")
+
+
+def scored_row(checkpoint: str, task: str, items: list[float], **extra) -> dict:
+    """A results row as this version's runner writes it: interval and per-item scores."""
+    from eval.stats import bootstrap_ci
+
+    return row(checkpoint, task, sum(items) / len(items), n=len(items), ci=list(bootstrap_ci(items)),
+               items="0123456789abcdef", item_scores=items, **extra)
+
+
+# 200 items; "good" fixes 40 of base's errors and breaks 10 (McNemar mid-p ~ 1e-5); "same" swaps
+# 5 errors for 5 others (p = 1); "lucky" fixes 6 and breaks 3 (ahead by 1.5 points, p ~ 0.3).
+BASE = [1.0] * 100 + [0.0] * 100
+GOOD = [0.0] * 10 + [1.0] * 90 + [1.0] * 40 + [0.0] * 60
+SAME = [0.0] * 5 + [1.0] * 95 + [1.0] * 5 + [0.0] * 95
+LUCKY = [0.0] * 3 + [1.0] * 97 + [1.0] * 6 + [0.0] * 94
+NOISE_ROWS = [scored_row("base", "mmmu_val", BASE), scored_row("good", "mmmu_val", GOOD),
+              scored_row("same", "mmmu_val", SAME), scored_row("lucky", "mmmu_val", LUCKY)]
+
+
+def test_markdown_shows_intervals_significance_and_unparsed():
+    text = leaderboard.markdown(NOISE_ROWS, base="base")
+    cells = dict(tuple(c.strip() for c in line.strip("|").split("|")) for line in text.splitlines()[2:6])
+    assert re.fullmatch(r"50\.0 \[4\d\.\d, 5\d\.\d\]", cells["base"]), cells
+    assert cells["good"].endswith("(+15.0*)") and cells["good"].startswith("65.0 [")
+    assert cells["same"].endswith("(+0.0)")
+    assert cells["lucky"].endswith("(+1.5)")                      # ahead, but not significantly
+    assert "95% bootstrap interval" in text and "significant, p < 0.05" in text
+    assert "Unparsed replies (scored 0): base/mmmu_val=1/200" in text
+    # Other items (another item hash): no test, so no mark, whatever the delta.
+    other = [dict(NOISE_ROWS[0]), dict(NOISE_ROWS[1], items="fedcba9876543210")]
+    assert "| good | 65.0 [" in leaderboard.markdown(other, base="base")
+    assert "*)" not in leaderboard.markdown(other, base="base")
+
+
+def test_expect_ahead_significant(tmp_path, capsys):
+    _, js = leaderboard.write(NOISE_ROWS, tmp_path / "board")
+    entries = leaderboard.load([js])
+    assert entries[1]["item_scores"] == GOOD and entries[1]["ci"] is not None  # round trip
+    assert leaderboard.main([str(js), "--expect-ahead", "good:base", "--significant"]) == 0
+    assert "ahead on every task (significantly): good:base" in capsys.readouterr().out
+    assert leaderboard.main([str(js), "--expect-ahead", "lucky:base"]) == 0
+    assert leaderboard.main([str(js), "--expect-ahead", "lucky:base", "--significant"]) == 1
+    assert re.search(r"lucky is ahead of base on mmmu_val but not significantly: 0\.515 vs 0\.5, "
+                     r"p=0\.\d+ >= 0\.05", capsys.readouterr().out)
+    assert leaderboard.main([str(js), "--expect-ahead", "lucky:base", "--significant",
+                             "--alpha", "0.5"]) == 0
+    # Rows without item scores cannot show significance: said, and a failure.
+    _, old = leaderboard.write(ROWS, tmp_path / "old")
+    assert leaderboard.main([str(old), "--expect-ahead", "lora:base", "--significant"]) == 1
+    assert "no per-item scores over the same items" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        leaderboard.main([str(js), "--significant"])          # needs --expect-ahead
+    with pytest.raises(SystemExit):
+        leaderboard.main([str(js), "--expect-ahead", "good:base", "--alpha", "5"])
+
+
+def test_html_carries_intervals_and_pvalues(tmp_path):
+    html = leaderboard.write_html(NOISE_ROWS, tmp_path / "board.html", base="base").read_text()
+    assert html.count('class="ci"') == 4 and 'data-alpha="0.05"' in html
+    cell = re.search(r'<tr data-checkpoint="good">.*?data-p="([^"]*)"', html).group(1)
+    pvalues = json.loads(cell.replace("&quot;", '"'))
+    assert set(pvalues) == {"base", "same", "lucky"} and pvalues["base"] < 1e-4
+    assert 'title="n=200, unparsed 1"' in html

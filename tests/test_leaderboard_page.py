@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -147,3 +148,45 @@ def test_missing_browser_skips_unless_required(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN3VL_REQUIRE_BROWSER", "1")
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
         chromium()
+
+
+def test_page_shows_intervals_and_marks_significant_deltas(tmp_path, server):
+    """Intervals beside the scores; '*' on a delta only where the paired test on the same items
+    says p < 0.05 vs the base chosen in the select, its p-value in the tooltip."""
+    from eval.stats import bootstrap_ci
+
+    sync_playwright = chromium()
+    items = {"base": [1.0] * 100 + [0.0] * 100,                       # 50%
+             "good": [0.0] * 10 + [1.0] * 90 + [1.0] * 40 + [0.0] * 60,  # 65%: +40 -10 items
+             "lucky": [0.0] * 3 + [1.0] * 97 + [1.0] * 6 + [0.0] * 94}   # 51.5%: +6 -3 items
+    rows = [dict(entry(ck, "MMMU", "mmmu_val", sum(v) / len(v)), n=len(v), unparsed=2,
+                 ci=list(bootstrap_ci(v)), items="0123456789abcdef", item_scores=v)
+            for ck, v in items.items()]
+    leaderboard.write_html(rows, tmp_path / "board.html", base="base")
+    url = f"{server}/board.html"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+
+            def cells() -> dict:
+                return dict(page.eval_on_selector_all(
+                    "#board tbody tr", "rows => rows.map(r => [r.dataset.checkpoint, "
+                                       "r.cells[3].innerText.trim().replace(/\\s+/g, ' ')])"))
+
+            shown = cells()
+            assert shown["base"] == "50.0 [43.0, 57.0]"
+            assert re.fullmatch(r"65\.0 \[\d\d\.\d, \d\d\.\d\] \(\+15\.0\*\)", shown["good"]), shown
+            assert re.fullmatch(r"51\.5 \[\d\d\.\d, \d\d\.\d\] \(\+1\.5\)", shown["lucky"]), shown
+            tip = page.get_attribute("tr[data-checkpoint=good] .delta", "title")
+            assert tip.startswith("p = ") and float(tip.split()[2]) < 1e-4
+            assert page.get_attribute("tr[data-checkpoint=good] td.score", "title") == "n=200, unparsed 2"
+            page.select_option("#base", "good")                  # vs good, both others are worse
+            shown = cells()
+            assert shown["base"].endswith("(-15.0*)") and shown["lucky"].endswith("(-13.5*)")
+            assert errors == []
+        finally:
+            browser.close()

@@ -18,6 +18,7 @@ from data.samples import DataError
 from eval.config import EvalConfig
 from eval.tasks import get_task
 from eval.tasks.mathvista import MATHVISTA_TASKS, MathVistaTask
+from eval.tasks.mathvista.extract import rule_score
 from eval.tasks.mathvista.judge import Judge
 from tests.helpers.benchmark_data import (MATHVISTA_HINT, MATHVISTA_ROWS, mathvista_dataset,
                                           mathvista_folder)
@@ -106,6 +107,39 @@ def test_bad_row_names_the_row(tmp_path):
 ])
 def test_rule_based_scores(samples, pid, prediction, expected):
     assert TASK.score(prediction, samples[pid]) == expected
+
+
+def meta(answer: str, answer_type: str, precision=None, choices=None) -> dict:
+    return {"answer": answer, "answer_type": answer_type, "precision": precision, "unit": None,
+            "choices": choices, "question_type": "multi_choice" if choices else "free_form"}
+
+
+# Issue #16: what MathVista's reference gets after its GPT extraction (a plain number or a choice
+# text, then float() / exact match) is what the rules read from Qwen-style replies.
+@pytest.mark.parametrize("prediction, row, expected", [
+    # <answer>...</answer>: the tag is the answer, whatever numbers stand after it
+    ("<answer>12</answer>\nI counted 3 rows of 4.", meta("12", "integer"), (1.0, True)),
+    ("<answer>\n7\n</answer> (checked twice, 2 times)", meta("7", "integer"), (1.0, True)),
+    ("<answer>(B)</answer> because (A) is too small", meta("4", "text", choices=["3", "4"]),
+     (1.0, True)),
+    ("<answer>\\boxed{3}</answer> not 5", meta("3", "integer"), (1.0, True)),
+    ("<answer>blue</answer> not red", meta("blue", "text"), (1.0, True)),
+    ("<answer></answer>", meta("blue", "text"), (0.0, False)),
+    # fractions: "1/2", \frac{1}{2} and \boxed{\frac{1}{2}} are 0.5
+    ("The ratio is 1/2", meta("0.5", "float", 1.0), (1.0, True)),
+    ("\\frac{1}{2}", meta("0.5", "float", 1.0), (1.0, True)),
+    ("So $x = -\\dfrac{3}{4}$.", meta("-0.75", "float", 2.0), (1.0, True)),
+    ("The answer is \\boxed{\\frac{1}{2}}.", meta("0.5", "float", 1.0), (1.0, True)),
+    ("\\boxed{\\frac{8}{2}}", meta("4", "integer"), (1.0, True)),
+    ("<answer>3/4</answer>", meta("0.8", "float", 1.0), (1.0, True)),   # 0.75 rounds to 0.8
+    ("\\boxed{\\frac{1}{3}}", meta("0.5", "float", 1.0), (0.0, True)),
+    ("\\boxed{12}", meta("12", "integer"), (1.0, True)),
+    ("\\boxed{1/0}", meta("0", "integer"), (0.0, False)),            # no number, no guess
+    # a fraction choice named by its value
+    ("\\boxed{\\frac{1}{2}}", meta("1/2", "text", choices=["1/3", "1/2"]), (1.0, True)),
+])
+def test_answer_tags_fractions_and_boxed(prediction, row, expected):
+    assert rule_score(prediction, row) == expected
 
 
 class ChatServer:

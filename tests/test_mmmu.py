@@ -106,6 +106,36 @@ def test_choice_scorer(prediction, expected):
     assert score_choice(prediction, OPTIONS, "B") == expected
 
 
+# Issue #16: replies Qwen models write, against MMMU's rule (the stated answer is the answer;
+# naming an option is not choosing it; several letters without one stated are not a choice).
+@pytest.mark.parametrize("prediction, gold, expected", [
+    # The answer stated, then other options discussed: the stated one, not the last mentioned.
+    ("The answer is C. Option A is wrong because Paris is in France.", "C", (1.0, True)),
+    ("Answer: C\nExplanation: option B mentions London, which is not it.", "C", (1.0, True)),
+    ("The correct option is C; choice D is a trap.", "C", (1.0, True)),
+    # One option rejected, another affirmed by its text.
+    ("It is not Paris; it is London.", "B", (1.0, True)),
+    ("London, rather than Paris.", "B", (1.0, True)),
+    ("Paris is wrong. London is the capital.", "B", (1.0, True)),
+    ("Paris is wrong and London is wrong.", "B", (0.0, False)),     # nothing affirmed
+    # Letters affirmed or rejected by name.
+    ("A is incorrect. B is correct.", "B", (1.0, True)),
+    ("Not A; B.", "B", (1.0, True)),
+    ("C is the right answer", "C", (1.0, True)),
+    # Several letters: ambiguous, whichever way they are joined.
+    ("A and C", "C", (0.0, False)),
+    ("A and C", "A", (0.0, False)),
+    ("Both A and C are plausible.", "C", (0.0, False)),
+    ("The answer is A and C", "C", (0.0, False)),
+    ("The answer is (A), (C)", "A", (0.0, False)),
+    ("The answer is B and a good reason is the map.", "B", (1.0, True)),  # "a" is a word here
+    ("This is not a trick: B", "B", (1.0, True)),                     # "not a" rejects no letter
+    ("I think the answer is a tricky one: B", "B", (1.0, True)),     # "is a tricky": an article
+])
+def test_choice_scorer_stated_rejected_and_ambiguous(prediction, gold, expected):
+    assert score_choice(prediction, OPTIONS, gold) == expected
+
+
 @pytest.mark.parametrize("prediction, gold, expected", [
     ("1200", "1200", (1.0, True)),
     ("1,200", "1200", (1.0, True)),
@@ -129,3 +159,19 @@ def test_choice_scorer(prediction, expected):
 ])
 def test_open_scorer(prediction, gold, expected):
     assert score_open(prediction, gold) == expected
+
+
+def test_qwen_layout_puts_every_image_first_and_uses_qwens_prompt(tmp_path):
+    """mmmu_val_qwen: as QwenLM/Qwen3-VL evaluation/mmmu/run_mmmu.py builds it."""
+    from eval.tasks import get_task
+
+    task = get_task("mmmu_val_qwen")
+    mc, open_q = sorted(task.load(spec(mmmu_folder(tmp_path / "mmmu"))), key=lambda s: s.id)
+    assert colors(mc) == [MMMU_COLORS["green"], MMMU_COLORS["red"]]  # column order, not tag order
+    assert mc.prompt_messages()[0]["content"] == [
+        {"type": "image"}, {"type": "image"},
+        {"type": "text", "text": "Question: <image 2> Which colour is the square in <image 1>? "
+                                 "Compare <image 2>.\nOptions:\nA. Red\nB. Green\nC. Blue\n"
+                                 "Please select the correct answer from the options above."}]
+    assert open_q.prompt_messages()[0]["content"][-1]["text"].startswith("Question: How many squares")
+    assert task.score("The answer is B", mc) == (1.0, True)

@@ -1,5 +1,6 @@
 """Grounding benchmarks: RefCOCO / RefCOCO+ / RefCOCOg (Acc@IoU>=0.5) and ScreenSpot v1/v2
-(point in box), read with the training side's readers (``data/sources/grounding.py``).
+(point in box), ScreenSpot-Pro likewise, read with the training side's readers
+(``data/sources/grounding.py``).
 
 Loaders: RefCOCO family in the lmms-lab layout (``question_id, image, question, answer,
 segmentation, bbox, iscrowd, file_name``; ``answer`` lists the referring expressions, one
@@ -16,7 +17,9 @@ Scoring: predictions are Qwen3-VL's relative [0, 1000) coordinates (JSON ``bbox_
 ``point_2d``, fenced or not, or bare lists), mapped to pixels of the original image with the
 same functions the data builders use to write targets (``data/boxes.py``). Several boxes or
 points: only the FIRST counts (no best-of-N credit). ScreenSpot accepts a point or, failing
-that, the centre of a box. Nothing parseable: 0, unparsed.
+that, the centre of a box. Nothing parseable: 0, unparsed. A first box or point with a
+coordinate outside [0, 1000] (pixel coordinates, or a runaway number) is not on Qwen3-VL's scale:
+it is flagged as unparsed and scores 0, never mapped to a place off the image.
 """
 
 from __future__ import annotations
@@ -28,11 +31,18 @@ from data.config import SourceConfig
 from data.samples import BadSampleLog
 from data.sources import load as load_source
 
+RELATIVE_MAX = 1000  # Qwen3-VL's relative scale; replies use 0..999, 1000 is the far edge
 
-def _load(spec, fmt: str, task: str, split: str | None, name: str):
+
+def on_scale(coords: list[float]) -> bool:
+    """Whether every coordinate is on Qwen3-VL's relative [0, 1000] scale."""
+    return all(0 <= v <= RELATIVE_MAX for v in coords)
+
+
+def _load(spec, fmt: str, task: str, split: str | None, name: str, box_format: str | None = None):
     source = SourceConfig(path=spec.data, format=fmt, name=name, task=task,
                           split=spec.split or split, subset=spec.subset,
-                          image_root=spec.image_root, prompt=spec.prompt)
+                          image_root=spec.image_root, prompt=spec.prompt, box_format=box_format)
     samples = load_source(source, BadSampleLog("error"))
     if not samples:
         raise ValueError(f"{spec.data}: no {name} samples (split {source.split!r})")
@@ -54,7 +64,7 @@ class RefCOCOTask:
 
     def score(self, prediction: str, sample) -> tuple[float, bool]:
         boxes = parse_boxes(prediction)
-        if not boxes:
+        if not boxes or not on_scale(boxes[0]):
             return 0.0, False
         width, height = sample.meta["image_size"]
         predicted = box_from_relative(boxes[0], width, height)
@@ -66,22 +76,26 @@ class ScreenSpotTask:
     name: str
     metric: str = "click_accuracy"
     split: str = "test"
+    box_format: str | None = None  # None: the reader's default for the layout; Pro: "xyxy"
 
     @property
     def benchmark(self) -> str:
-        return "ScreenSpot-v2" if self.name.endswith("_v2") else "ScreenSpot"
+        return {"_v2": "ScreenSpot-v2", "_pro": "ScreenSpot-Pro"}.get(
+            self.name[self.name.rfind("_"):], "ScreenSpot")
 
     def load(self, spec):
-        return _load(spec, "screenspot", "point", None, self.name)
+        return _load(spec, "screenspot", "point", None, self.name, self.box_format)
 
     def score(self, prediction: str, sample) -> tuple[float, bool]:
         width, height = sample.meta["image_size"]
         points = parse_points(prediction)
         if points:
+            if not on_scale(points[0]):
+                return 0.0, False
             point = point_from_relative(points[0], width, height)
         else:
             boxes = parse_boxes(prediction)
-            if not boxes:
+            if not boxes or not on_scale(boxes[0]):
                 return 0.0, False
             point = box_center(box_from_relative(boxes[0], width, height))
         return float(point_in_box(point, sample.meta["boxes"][0])), True
@@ -96,4 +110,5 @@ GROUNDING_TASKS = [
     *(RefCOCOTask(f"refcocog_{split}", split) for split in ("val", "test")),
     ScreenSpotTask("screenspot"),
     ScreenSpotTask("screenspot_v2"),
+    ScreenSpotTask("screenspot_pro", box_format="xyxy"),  # its JSON: pixel corners, img_size
 ]

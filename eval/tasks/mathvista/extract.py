@@ -9,7 +9,11 @@ Differences from the reference scorer, on purpose:
 - float ``precision`` comes as a float (1.0, 2.0) in the published data; it is converted to an
   int number of decimals (the reference crashes in ``round(x, 1.0)`` so every float question
   scores 0 there);
-- list answers are compared element by element (numbers numerically), not as raw strings.
+- list answers are compared element by element (numbers numerically), not as raw strings;
+- the reference's extractor is GPT, which turns "<answer>1/2</answer>", "\\frac{1}{2}" and
+  "\\boxed{\\frac{1}{2}}" into 0.5 before ``float()``; the rules do the same: the last
+  ``<answer>...</answer>`` block is all that is read (a ``\\boxed{}`` inside it narrows it), and
+  "a/b" and LaTeX ``\\frac{a}{b}`` (``\\dfrac``, ``\\tfrac``) of numbers read as a / b.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ANSWER_RE = re.compile(
     r"(?:final\s+answer|correct\s+(?:answer|option|choice)|answer|option|choice)\s*"
     r"(?:is|should\s+be|would\s+be|will\s+be|[:：=])\s*[:：]?\s*", re.I)
+ANSWER_TAG_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S | re.I)
+FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([-+]?\d+(?:\.\d+)?)\s*\}\s*\{\s*([-+]?\d+(?:\.\d+)?)\s*\}")
 BOXED_RE = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
-NUM_RE = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-                    r"|(?<![\w.])[-+−]?\.\d+")
+NUM_RE = re.compile(r"(?<![\w./])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?(?![\d/]))?"
+                    r"|(?<![\w./])[-+−]?\.\d+")
 EXPONENT_RE = re.compile(r"\^\s*\{?\s*-?\d+\s*\}?")  # cm^2, m^{3}: not the answer's digits
 LEAD_LETTER_RE = re.compile(r"^\s*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?:[.:)]|\s*$))(?!\w)")
 PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
@@ -44,15 +50,40 @@ def answer_span(text: str) -> str | None:
     return None
 
 
+def answer_tag(text: str) -> str | None:
+    """The content of the last ``<answer>...</answer>`` block (Qwen's RL-style replies), or None
+    when there is none. When there is one, it is the whole answer: nothing outside it is read."""
+    tagged = ANSWER_TAG_RE.findall(text)
+    return tagged[-1].strip() if tagged else None
+
+
 def to_number(token: str) -> float:
-    return float(token.replace(",", "").replace("−", "-"))
+    """A number as written: "1,234", "−3.5", "1/2" (a / b; ValueError when b is 0)."""
+    token = token.replace(",", "").replace("−", "-").replace(" ", "")
+    if "/" in token:
+        top, bottom = token.split("/")
+        if float(bottom) == 0:
+            raise ValueError(f"{token!r}: division by zero")
+        return float(top) / float(bottom)
+    return float(token)
+
+
+def latex_numbers(text: str) -> str:
+    """``\\frac{a}{b}`` (and ``\\dfrac``, ``\\tfrac``) of two numbers written as "a/b"."""
+    return FRAC_RE.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)
 
 
 def numbers(text: str, unit: str | None) -> list[float]:
     if unit:
         text = text.replace(unit, " ")
-    text = EXPONENT_RE.sub(" ", text)
-    return [to_number(m.group()) for m in NUM_RE.finditer(text)]
+    text = EXPONENT_RE.sub(" ", latex_numbers(text))
+    found = []
+    for m in NUM_RE.finditer(text):
+        try:
+            found.append(to_number(m.group()))
+        except ValueError:  # "1/0"
+            continue
+    return found
 
 
 def extract_number(text: str, unit: str | None) -> float | None:
@@ -76,7 +107,7 @@ def norm_text(text: str, unit: str | None = None) -> str:
 
 def _numeric(text: str) -> float | None:
     try:
-        return to_number(text.strip().rstrip("%°"))
+        return to_number(latex_numbers(text).strip().rstrip("%°"))
     except ValueError:
         return None
 
@@ -149,6 +180,11 @@ def same_item(pred: str, gold: str, places: int | None, unit: str | None) -> boo
 def rule_score(text: str, meta: dict) -> tuple[float, bool]:
     """(score, parsed) of a response already free of thinking, by the row's question and
     answer types (``meta`` is the dataset row)."""
+    tagged = answer_tag(text)
+    if tagged is not None:
+        if not tagged:
+            return 0.0, False  # an empty answer block: no answer, and nothing else is read
+        text = tagged
     gold, unit = str(meta["answer"]).strip(), meta.get("unit") or None
     if meta["question_type"] == "multi_choice":
         picked = extract_choice(text, list(meta["choices"]), unit)

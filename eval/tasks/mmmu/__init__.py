@@ -1,7 +1,10 @@
 """MMMU (validation, 900 questions over 30 subjects): college-level multi-image questions.
 
-Loader: the published Hugging Face layout (``MMMU/MMMU``, one config per subject, split
-``validation``; columns ``id, question, options, explanation, image_1..image_7, img_type,
+Tasks: ``mmmu_val`` (split ``validation``) and ``mmmu_dev`` (split ``dev``, 5 questions a
+subject, the few-shot split); ``mmmu_val_qwen`` / ``mmmu_dev_qwen`` the same questions with the
+prompts and image layout of Qwen's own MMMU script (``QWEN_MC_PROMPT``; not Qwen's scoring,
+which rewrites open questions as multiple choice and asks a judge model). Loader: the published Hugging Face layout (``MMMU/MMMU``, one
+config per subject, split ``validation``; columns ``id, question, options, explanation, image_1..image_7, img_type,
 answer, topic_difficulty, question_type, subfield``; ``options`` is a string holding a Python
 list; ids are ``validation_<Subject>_<n>``). ``TaskSpec.data`` is a local parquet file or folder
 (the hub download, ``<Subject>/validation-*.parquet``, reads as one split), a ``save_to_disk``
@@ -38,6 +41,12 @@ from eval.tasks.mmmu.scoring import LETTERS, gold_list, score_choice, score_open
 MC_PROMPT = ("Question: {question}\nOptions:\n{options}\n"
              "Answer with the option's letter from the given choices directly.")
 OPEN_PROMPT = "Question: {question}\nAnswer the question using a single word or phrase."
+# Qwen's own MMMU script (QwenLM/Qwen3-VL evaluation/mmmu/run_mmmu.py, build_mmmu_prompt): every
+# image first, in column order, then "Question: ...", the "A. ..." option lines and this line
+# ("...above. \n" with the trailing space and newline stripped); open questions the question alone.
+QWEN_MC_PROMPT = ("Question: {question}\nOptions:\n{options}\n"
+                  "Please select the correct answer from the options above.")
+QWEN_OPEN_PROMPT = "Question: {question}"
 PLACEHOLDERS = {"question", "options", "question_type"}
 N_IMAGES = 7
 SUBJECTS = [
@@ -82,6 +91,7 @@ class MMMUTask:
     benchmark: str = "MMMU"
     mc_prompt: str = MC_PROMPT
     open_prompt: str = OPEN_PROMPT
+    images_first: bool = False  # True: Qwen's layout, every image before the text, tags as text
 
     def load(self, spec) -> list[Sample]:
         templates = (spec.prompt, spec.prompt) if spec.prompt else (self.mc_prompt, self.open_prompt)
@@ -136,7 +146,10 @@ class MMMUTask:
         template = templates[0] if multiple_choice else templates[1]
         text = template.format(question=row["question"], options=option_lines if multiple_choice
                                else "", question_type=row["question_type"])
-        content, ordered = tagged_parts(text, images)
+        content, ordered = tagged_parts(text, images)  # also checks that each tag has its image
+        if self.images_first:
+            ordered = [images[n] for n in sorted(images)]
+            content = [{"type": "image"} for _ in ordered] + [{"type": "text", "text": text}]
         meta = {k: v for k, v in row.items()}
         meta.update(subject=subject_of_id(sample_id), options=options, answers=golds)
         return Sample(id=sample_id, source=where, index=index, meta=meta, images=ordered, messages=[
@@ -158,4 +171,10 @@ def _exists(path: str) -> bool:
     return Path(path).expanduser().exists()
 
 
-MMMU_TASKS = [MMMUTask()]
+MMMU_TASKS = [
+    MMMUTask(), MMMUTask(name="mmmu_dev", split="dev"),
+    # Qwen's prompts and image layout (use with preset: qwen3vl-instruct / qwen3vl-thinking).
+    *(MMMUTask(name=f"mmmu_{short}_qwen", split=split, mc_prompt=QWEN_MC_PROMPT,
+               open_prompt=QWEN_OPEN_PROMPT, images_first=True)
+      for short, split in (("val", "validation"), ("dev", "dev"))),
+]

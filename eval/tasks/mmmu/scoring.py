@@ -8,14 +8,22 @@ than credited with its first or last letter.
 
 Multiple choice, tried in order (the first tier that decides wins):
 
-1. an explicit statement, "the answer is (B)", "Answer: B", "correct option: B": the *last*
-   one wins (models restate or correct themselves: "A is wrong; the answer is C");
+1. a statement of the answer, "the answer is (B)", "Answer: B", "correct option: B", "B is
+   correct": the *last* one wins (models restate or correct themselves: "A is wrong; the answer
+   is C"), wherever other options are discussed after it ("The answer is C. Option A is wrong
+   because ..." is C: naming an option is not choosing it). A statement of several letters
+   ("the answer is A and C") is ambiguous (unparsed);
 2. a letter that *is* the response ("B", "(B)", "**B.**");
 3. letters marked as options anywhere ("B. Paris", "(B)", " B)", " B:"), or failing those bare
-   capital letters (not an article "A cat" or pronoun "I think"): exactly one distinct letter
-   decides, several ("(A) or (B)") are ambiguous (unparsed);
-4. option text: exactly one option's text appears in the response as whole words (an option
-   contained in a longer matching option, "red" in "dark red", yields to it).
+   capital letters (not an article "A cat" or pronoun "I think"; "A and C" are letters), less
+   the letters the response rejects ("A is wrong", "not B"): exactly one distinct letter
+   decides, several ("(A) or (B)", "A and C") are ambiguous (unparsed);
+4. option text: exactly one option's text appears in the response as whole words and is not
+   only rejected there ("It is not Paris; it is London." is London); an option contained in a
+   longer matching option ("red" in "dark red") yields to it.
+
+MMMU's reference (``parse_multi_choice_response``) takes the *last* of several letters and a
+random letter when none is found; both are guesses, so both are unparsed here.
 
 Open questions: the part of the response after its last strong answer cue ("answer is",
 "Answer:", "=") or else its last weak one ("therefore", "so", "is") is the key text; every number
@@ -35,9 +43,24 @@ from eval.metrics import strip_thinking
 
 LETTERS = "ABCDEFGHIJ"
 
-# Tier 1: "answer is B", "Answer: (B)", "the correct option is B", "choice B".
-_EXPLICIT = re.compile(r"\b(?:answer|option|choice)s?\b(?:\s+(?:is|would\s+be|should\s+be|=))?"
-                       r"\s*[:=]?\s*(?:\*\*)?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE)
+# Tier 1: "answer is B", "Answer: (B)", "the correct option is B", "final answer: B"; then any
+# further letters joined to it ("A and C": ambiguous; case-sensitive, so "B and a reason" is B).
+_LETTER = r"\(?([A-J])\)?(?![A-Za-z])"
+_MORE = r"(?-i:((?:\s*(?:,|and|&|or|/)\s*\(?[A-J]\)?(?![A-Za-z]))*))"
+_STATED = re.compile(r"\b(?:answer|(?:correct|right|best)\s+(?:option|choice))s?\b"
+                     r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|=))?\s*[:=]?\s*(?:\*\*)?\s*"
+                     + _LETTER + _MORE, re.IGNORECASE)
+# "B is correct", "(B) is the right answer": a letter affirmed after it is named.
+_AFFIRMED = re.compile(r"(?<![\w(])\(?([A-J])\)?\s+(?:is|seems|appears)\s+(?:to\s+be\s+)?"
+                       r"(?:the\s+)?(?:correct|right|best|true)\b")
+# "A is wrong", "not B", "rule out (C)": a letter rejected.
+_REJECTED = re.compile(r"(?<![\w(])\(?(?-i:([A-J]))\)?\s+(?:is|seems|appears)\s+(?:to\s+be\s+)?"
+                       r"(?:not|wrong|incorrect|false|unlikely)\b"
+                       r"|\b(?:not|rule\s+out|rules\s+out|eliminate|exclude|rather\s+than|instead\s+of)"
+                       r"\s+(?:option\s+|choice\s+)?\(?(?-i:([A-J]))\)?(?![\w)])", re.IGNORECASE)
+# Words after a capital "A" that make it a letter ("A and C", "A is wrong"), not an article.
+_AFTER_LETTER = {"and", "or", "nor", "is", "was", "are", "seems", "appears", "would", "could",
+                 "should", "might", "must", "can", "will", "but", "because", "since", "then"}
 _WHOLE = re.compile(r"^\(?([A-J])\)?[.:)]?$")
 _MARKED = re.compile(r"\(([A-J])\)|(?:^|(?<=\s))([A-J])[.:)](?=\s|$)")
 _BARE = re.compile(r"(?<![\w(])([A-J])(?![\w)])")
@@ -72,17 +95,19 @@ def parse_choice(prediction: str, options: list[str]) -> str | None:
     text = _clean(strip_thinking(prediction))
     if not text or truncated(prediction):
         return None
-    explicit = [m.group(1).upper() for m in _EXPLICIT.finditer(text)]
-    explicit = [x for x in explicit if x in valid]
-    if explicit:
-        return explicit[-1]
+    stated = _statements(text, valid)
+    if stated:
+        letters = stated[-1]
+        return letters[0] if len(letters) == 1 else None  # "the answer is A and C": ambiguous
     m = _WHOLE.match(text)
     if m and m.group(1) in valid:
         return m.group(1)
+    rejected = {g.upper() for m in _REJECTED.finditer(text) for g in m.groups() if g}
     marked = {g for m in _MARKED.finditer(text) for g in m.groups() if g and g in valid}
-    if not marked:
+    if not marked - rejected:
         marked = {m.group(1) for m in _BARE.finditer(text) if m.group(1) in valid
                   and not _article(text, m)}
+    marked -= rejected
     if len(marked) == 1:
         return marked.pop()
     if marked:
@@ -90,17 +115,54 @@ def parse_choice(prediction: str, options: list[str]) -> str | None:
     return _option_text(text, options, valid)
 
 
+def _statements(text: str, valid: str) -> list[list[str]]:
+    """The letters of each statement of the answer, in the order they stand in the text."""
+    found = []
+    for m in _STATED.finditer(text):
+        if m.group(1).islower() and re.match(r"\s+[a-z]", text[m.end(1):]):
+            continue  # "the answer is a tricky one": an article, not option (a)
+        letters = [m.group(1).upper(), *re.findall(r"[A-J]", m.group(2) or "")]
+        if letters[0] in valid:
+            found.append((m.start(), list(dict.fromkeys(x for x in letters if x in valid))))
+    found += [(m.start(), [m.group(1)]) for m in _AFFIRMED.finditer(text) if m.group(1) in valid]
+    return [letters for _, letters in sorted(found)]
+
+
 def _article(text: str, m: re.Match) -> bool:
-    """'A' / 'I' used as a word ("A cat", "I think"), not as a letter."""
-    return m.group(1) in "AI" and re.match(r"\s+[a-z]", text[m.end():]) is not None
+    """'A' / 'I' used as a word ("A cat", "I think"), not as a letter ("A and C", "A is wrong")."""
+    after = re.match(r"\s+([a-z]+)", text[m.end():])
+    return m.group(1) in "AI" and after is not None and (
+        m.group(1) == "I" or after.group(1) not in _AFTER_LETTER)
 
 
 def _option_text(text: str, options: list[str], valid: str) -> str | None:
     said = _words(text)
-    hits = [(letter, _words(o)) for letter, o in zip(valid, options) if _contains(said, _words(o))]
+    hits = [(letter, _words(o)) for letter, o in zip(valid, options) if _affirmed(said, _words(o))]
     # An option inside a longer matching option ("red" in "dark red") yields to it.
     hits = [(l, o) for l, o in hits if not any(o != p and _contains(p, o) for _, p in hits)]
     return hits[0][0] if len(hits) == 1 else None
+
+
+_NEGATIONS = ("not", "never", "t")  # "t": "isn't" -> "isn t"
+_NEGATION_PAIRS = (("rather", "than"), ("instead", "of"), ("rule", "out"), ("rules", "out"))
+_REJECTIONS = ("wrong", "incorrect", "false", "not", "unlikely")
+
+
+def _affirmed(said: str, option: str) -> bool:
+    """Whether the option's text stands in the response at least once not rejected: "not Paris",
+    "rather than Paris", "Paris is wrong" reject it."""
+    if not option:
+        return False
+    words, needle = said.split(), option.split()
+    for i in range(len(words) - len(needle) + 1):
+        if words[i:i + len(needle)] != needle:
+            continue
+        before, after = words[max(0, i - 2):i], words[i + len(needle):i + len(needle) + 3]
+        negated = (before[-1:] and before[-1] in _NEGATIONS) or tuple(before) in _NEGATION_PAIRS
+        after = [w for w in after if w not in ("is", "seems", "appears", "to", "be")][:1]
+        if not negated and not (after and after[0] in _REJECTIONS):
+            return True
+    return False
 
 
 def score_choice(prediction: str, options: list[str], gold: str) -> tuple[float, bool]:
