@@ -64,9 +64,13 @@ class SampleEncoder:
                              images_kwargs=budget.images_kwargs(), **video_inputs)
         return out, repairs
 
-    def _fitted_size(self, ref: str, budget: VisionBudget) -> tuple[int, int]:
-        """The (height, width) the processor resizes this image to: the planner's size."""
+    def _fitted_size(self, ref, budget: VisionBudget) -> tuple[int, int] | None:
+        """The (height, width) the processor resizes this image to: the planner's size. None
+        for an image already decoded (lmms-eval tasks hand over PIL images)."""
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        if not isinstance(ref, str):
+            return None
 
         ip = self.processor.image_processor
         return smart_resize(*image_size(ref), factor=ip.patch_size * ip.merge_size,
