@@ -130,6 +130,9 @@ class EvalConfig:
         "help": "how answers are generated"})
     vision: VisionBudget = field(default_factory=VisionBudget, metadata={
         "help": "pixel budget of each image and video (a task's vision overrides it)"})
+    max_image_pixels: int = field(default=89_478_485, metadata={
+        "help": "an image whose header claims more pixels fails its item before any decode "
+                "(a decompression bomb guard, as data.max_image_pixels in training)"})
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
         "help": "dtype the checkpoints are loaded in"})
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
@@ -159,6 +162,8 @@ class EvalConfig:
         from eval.presets import apply_generation, task_vision
 
         apply_generation(self.preset, self.generation, GenerationConfig())
+        if self.max_image_pixels <= 0:
+            raise ValueError(f"max_image_pixels must be > 0, got {self.max_image_pixels}")
         if self.samples_per_item < 1:
             raise ValueError(f"samples_per_item {self.samples_per_item}: must be 1 or more")
         if self.samples_per_item > 1 and not self.generation.do_sample:

@@ -36,6 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.encode import REPAIRS
+from data.media.images import set_max_image_pixels
 from eval import leaderboard
 from eval.checkpoints import resolve_checkpoint
 from eval.config import EvalConfig, check_name
@@ -46,7 +47,10 @@ from eval.predictions import merge_parts, open_append, read_records
 from eval.results import read_results, results_path, update_results
 from eval.stats import bootstrap_ci, items_key
 from eval.tasks import get_task
-from train.distributed import DistInfo, barrier, cleanup, init_distributed
+from train.distributed import DistInfo, barrier, cleanup, decide_on_main, init_distributed
+from train.run_folder import new_run_id, release_lock, take_lock
+
+EVAL_LOCK = "eval.lock"  # in output_dir while an eval runs there
 
 
 def run_key(cfg: EvalConfig, ck, spec) -> str:
@@ -355,6 +359,20 @@ def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
                          "launch it with python -m eval, not torchrun")
     out_dir = Path(cfg.output_dir)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
+    set_max_image_pixels(cfg.max_image_pixels)
+    # One eval at a time per folder: two would append to the same predictions files and
+    # rewrite each other's results (a dead holder's lock is taken over).
+    lock = decide_on_main(lambda: take_lock(out_dir, new_run_id(), "eval output_dir",
+                                            EVAL_LOCK)[0], dist.is_main)
+    try:
+        return _evaluate(cfg, hooks, dist, out_dir)
+    finally:
+        if dist.is_main:
+            release_lock(lock)
+        cleanup()
+
+
+def _evaluate(cfg: EvalConfig, hooks: EvalHooks | None, dist, out_dir: Path) -> list[dict]:
     if dist.is_main:
         for ck in cfg.checkpoints:  # an unreadable results file stops the run before any work
             read_results(results_path(out_dir, ck.name))
@@ -394,5 +412,4 @@ def evaluate(cfg: EvalConfig, hooks: EvalHooks | None = None) -> list[dict]:
         html, png = leaderboard.write_figures(rows, cfg.leaderboard, cfg.leaderboard_base)
         print(f"[eval] leaderboard: {md} {js} {html} {png}\n\n{md.read_text()}", flush=True)
     barrier()
-    cleanup()
     return all_rows

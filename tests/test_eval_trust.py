@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -157,6 +158,32 @@ def test_runs_of_different_tasks_into_one_folder_keep_both(checkpoint, corpus, t
     said = capsys.readouterr().out
     assert "results of the old weights for tasks synthetic_vqa removed; re-run them" in said
     assert not [p.name for p in (out / "results").iterdir() if p.name != "base.json"]  # no temp files
+
+
+def test_an_eval_into_a_folder_another_eval_is_using_is_refused(checkpoint, corpus, tmp_path):
+    """Two evals into one folder at once would append to the same predictions files."""
+    import subprocess
+    import sys
+
+    from eval.runner import EVAL_LOCK
+    from train.errors import RunFolderError
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process holds the folder
+        (out / EVAL_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                                 "run_id": "other"}))
+        with pytest.raises(RunFolderError, match=rf"eval output_dir {out} is in use by run other "
+                                                 rf"\(pid {other.pid}"):
+            evaluate(config(checkpoint, corpus["eval"], out, limit=1))
+        assert not (out / "predictions").exists()
+    finally:
+        other.kill()
+        other.wait()
+    # Its process gone, the lock is taken over; the finished eval leaves no lock behind.
+    [row] = evaluate(config(checkpoint, corpus["eval"], out, limit=1))
+    assert row["n"] == 1 and not (out / EVAL_LOCK).exists()
 
 
 def test_leaderboard_cli_warns_when_one_name_holds_results_of_two_weights(tmp_path, capsys):
