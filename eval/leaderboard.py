@@ -232,14 +232,9 @@ def entry_table(entries: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def paired_pvalue(a: dict | None, b: dict | None) -> float | None:
-    """p-value of the paired test between two entries' item scores (``eval.stats.paired_p``);
-    None unless both have item scores over the same items."""
-    if not a or not b or a.get("item_scores") is None or b.get("item_scores") is None \
-            or a.get("items") != b.get("items"):
-        return None
-    from eval.stats import paired_p
+    from eval.stats import entries_pvalue  # numpy: imported when a table is drawn
 
-    return paired_p(a["item_scores"], b["item_scores"])
+    return entries_pvalue(a, b)
 
 
 def markdown(rows: list[dict], base: str | None = None) -> str:

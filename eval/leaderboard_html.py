@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from eval.stats import ALPHA
+from eval.stats import ALPHA, entries_pvalue
 
 # matplotlib's tab10, so the page and the PNG give each checkpoint the same colour.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -180,12 +180,10 @@ def _table(entries: list[dict], columns: list[dict], checkpoints: list[str], sco
 def _score_cell(entry: dict, table: dict, checkpoints: list[str]) -> str:
     """A score, its interval, a slot for the delta, and the p-values vs every other checkpoint
     with item scores over the same items (the script picks the base's)."""
-    from eval.leaderboard import paired_pvalue
-
     pvalues = {}
     for other in checkpoints:
         if other != entry["checkpoint"]:
-            p = paired_pvalue(table.get((other, entry["task"])), entry)
+            p = entries_pvalue(table.get((other, entry["task"])), entry)
             if p is not None:
                 pvalues[other] = p
     value, ci = entry["score"], entry["ci"]

@@ -108,3 +108,12 @@ def _paired(a, b) -> tuple[np.ndarray, np.ndarray]:
     if a.size != b.size:
         raise ValueError(f"paired scores need the same items: {a.size} vs {b.size} scores")
     return a, b
+
+
+def entries_pvalue(a: dict | None, b: dict | None) -> float | None:
+    """p-value of the paired test between two leaderboard entries' item scores (``paired_p``);
+    None unless both have item scores over the same items."""
+    if not a or not b or a.get("item_scores") is None or b.get("item_scores") is None \
+            or a.get("items") != b.get("items"):
+        return None
+    return paired_p(a["item_scores"], b["item_scores"])
