@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
+	# TRL only as the reference our DPO / GRPO losses are tested against (its pins are not needed)
+	$(PY) -m pip install -q --no-deps trl==1.16.0
 	touch $(STAMP)
 
 setup: $(STAMP)
