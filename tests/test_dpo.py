@@ -5,12 +5,12 @@ and reference log-probs of a LoRA model with adapters disabled equal to the base
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from tests.helpers.trl_reference import trl_dpo_loss
 
 from train.objectives.dpo import (
     batch_sequence_logps,
@@ -97,32 +97,6 @@ def test_cdpo_ipo_and_sft_term_by_hand():
         dpo_loss(PC, PR, RC, RR, loss_type="ipo")
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(PC, PR, RC, RR, label_smoothing=0.6)
-
-
-def trl_dpo_loss(per_token: torch.Tensor, completion: torch.Tensor, ref: torch.Tensor,
-                 beta: float, loss_types: list[str], weights: list[float]):
-    """TRL 1.16's DPOTrainer._compute_loss on given per-token policy log-probs (a model stub
-    returns them), with precomputed reference log-probs: its own arithmetic, none of ours."""
-    from trl.trainer.dpo_trainer import DPOTrainer
-
-    rows, length = completion.shape
-    out = SimpleNamespace(log_probs=per_token, entropy=torch.zeros(rows, length - 1),
-                          mean_logits=torch.zeros(rows, length - 1),
-                          is_top1=torch.zeros(rows, length - 1, dtype=torch.bool))
-    ident = lambda x: x
-    trainer = SimpleNamespace(
-        model=SimpleNamespace(training=True), aux_loss_enabled=False, ld_alpha=None,
-        accelerator=SimpleNamespace(device="cpu", gather=ident, gather_for_metrics=ident),
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=loss_types,
-        loss_weights=weights, beta=beta, label_smoothing=0.0, use_weighting=False,
-        _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
-    ref_chosen, ref_rejected = split_pairs(ref)
-    inputs = {"input_ids": torch.ones(rows, length, dtype=torch.long),
-              "attention_mask": torch.ones(rows, length, dtype=torch.long),
-              "completion_mask": completion, "ref_chosen_logps": ref_chosen,
-              "ref_rejected_logps": ref_rejected}
-    loss = DPOTrainer._compute_loss(trainer, lambda **kw: out, inputs, False)
-    return loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
 
 def test_matches_trl_dpo_trainer_on_the_same_numbers():

@@ -42,7 +42,7 @@ class ModelConfig:
         "help": "vision patch embedding: the checkpoint's Conv3d, or the same weights as one "
                 "matmul over flattened patches (same weights and checkpoints, outputs equal to "
                 "~1e-6; Conv3d is slow on recent torch); auto: linear, which was faster in every "
-                "measurement (about 4x on CPU, 10-50x reported on GPU)"})
+                "measurement (3-8x on CPU here, 10-50x reported on GPU)"})
 
     def __post_init__(self):
         if self.activation_offload and not (self.gradient_checkpointing
@@ -102,14 +102,22 @@ class TrainConfig:
     batch_size: int = field(default=1, metadata={
         "help": "samples per process per micro-step (1 with data.packing: one packed row)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    objective: Literal["sft", "dpo", "grpo"] = field(default="sft", metadata={
+        "help": "sft: next-token loss on the assistant replies; dpo: preference pairs "
+                "(chosen / rejected replies, the dpo section), the reference being the model "
+                "with its LoRA adapters off, or a frozen copy for full fine-tuning; grpo: "
+                "completions sampled from the model and rewarded by the eval scorers (the grpo "
+                "section; the data's replies are the references the rewards compare with)"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
     loss_impl: Literal["auto", "hf", "chunked", "liger", "cce"] = field(default="auto", metadata={
         "help": "how the LM head and cross-entropy run: hf (transformers' loss over the full "
                 "[tokens, vocab] logits), chunked (plain torch, loss_chunk_tokens rows at a time, "
                 "never the full logits), liger / cce (fused GPU kernels from liger-kernel / "
-                "cut-cross-entropy); auto: a fused kernel on CUDA when installed, else chunked"})
+                "cut-cross-entropy); auto: a fused kernel on CUDA when installed and lm_head is "
+                "a plain, unsharded Linear, else chunked (train/loss.py)"})
     loss_chunk_tokens: int = field(default=2048, metadata={
-        "help": "rows of logits alive at once with loss_impl chunked (> 0)"})
+        "help": "labelled rows whose [rows, vocab] float32 logits are alive at once with "
+                "loss_impl chunked (> 0; unlabelled rows are never projected)"})
     lr_schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={
         "help": "decay after warmup, over max_steps (all warm up linearly first)"})
     warmup_steps: int = field(default=0, metadata={
@@ -195,6 +203,84 @@ class TrainConfig:
 
 
 @dataclass
+class DpoConfig:
+    """Direct preference optimisation (train.objective: dpo; train/objectives/dpo.py)."""
+
+    beta: float = field(default=0.1, metadata={
+        "help": "strength of the pull towards the reference model (> 0): rewards are beta x the "
+                "policy/reference log-ratio of a reply"})
+    loss_type: Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
+        "help": "sigmoid: DPO (Rafailov et al.); ipo: IPO (Azar et al.), length-normalised"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "cDPO: the probability that a pair's preference label is wrong, in [0, 0.5) "
+                "(sigmoid only)"})
+    sft_weight: float = field(default=0.0, metadata={
+        "help": "add this times the chosen replies' NLL (RPO-style anchor), >= 0"})
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}; e.g. dpo.beta=0.1")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("dpo.label_smoothing (cDPO) applies to loss_type sigmoid only")
+        if self.sft_weight < 0:
+            raise ValueError(f"dpo.sft_weight must be >= 0, got {self.sft_weight}")
+
+
+@dataclass
+class GrpoConfig:
+    """GRPO with verifiable rewards (train.objective: grpo; train/objectives/grpo_step.py)."""
+
+    group_size: int = field(default=4, metadata={
+        "help": "completions sampled per prompt (>= 2): advantages compare them"})
+    max_new_tokens: int = field(default=128, metadata={"help": "longest completion"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature (> 0)"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling, in (0, 1]"})
+    top_k: int = field(default=0, metadata={"help": "rollout top-k (0: off)"})
+    style: Literal["grpo", "dr_grpo", "dapo", "gspo"] = field(default="grpo", metadata={
+        "help": "normalisation: grpo (per-completion token mean, std-scaled advantages), dr_grpo "
+                "(constant normaliser, no std), dapo (token mean over the batch, clip-higher), "
+                "gspo (sequence-level ratio)"})
+    kl_coef: float = field(default=0.0, metadata={
+        "help": "weight of the k3 KL to the reference (LoRA: adapters off), >= 0"})
+    eps_low: float | None = field(default=None, metadata={
+        "help": "lower clip range; null: the style's"})
+    eps_high: float | None = field(default=None, metadata={
+        "help": "upper clip range; null: the style's"})
+    rewards: dict[str, float] = field(default_factory=lambda: {"synthetic_grounding": 1.0},
+                                      metadata={
+        "help": "reward name -> weight: the eval scorers (task:<eval task>, grounding_iou, anls, "
+                "exact_match, mathvista, mmmu, docvqa_anls, refcoco_acc50, "
+                "synthetic_grounding), think_format, or module:function"})
+
+    def __post_init__(self):
+        check_grpo(self)
+
+
+def check_grpo(cfg) -> None:
+    """One-line errors for GRPO settings that cannot work (any object with GrpoConfig's fields)."""
+    from train.objectives.grpo import STYLES
+
+    if cfg.style not in STYLES:
+        raise ValueError(f"grpo.style must be one of {sorted(STYLES)}, got {cfg.style!r}")
+    if int(cfg.group_size) < 2:
+        raise ValueError(f"grpo.group_size must be >= 2 (advantages compare completions of one "
+                         f"prompt), got {cfg.group_size}")
+    if int(cfg.max_new_tokens) < 1:
+        raise ValueError(f"grpo.max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    if not cfg.temperature > 0:
+        raise ValueError(f"grpo.temperature must be > 0 (rollouts sample), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ValueError(f"grpo.top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.kl_coef < 0:
+        raise ValueError(f"grpo.kl_coef must be >= 0, got {cfg.kl_coef}")
+    if not cfg.rewards:
+        raise ValueError("grpo.rewards is empty: name at least one reward, e.g. "
+                         "grpo.rewards={synthetic_grounding: 1.0}")
+
+
+@dataclass
 class MoeConfig:
     """Router losses and statistics for Qwen3-VL-MoE (ignored keys on a dense model are errors)."""
 
@@ -219,9 +305,12 @@ class DistributedConfig:
         "help": "expert-parallel group size (DeepSpeed AutoEP; needs ZeRO-3 and a MoE model); "
                 "1: off"})
     sequence_parallel: int = field(default=1, metadata={
-        "help": "Ulysses sequence-parallel group size: one sample's sequence is split over "
-                "this many ranks (attention heads exchanged all-to-all); must divide the world "
-                "size; 1: off"})
+        "help": "Ulysses sequence-parallel group size: one sample's merged text+visual sequence "
+                "is split over this many consecutive ranks (attention heads exchanged "
+                "all-to-all), which all read the same micro-batches, so the data-parallel "
+                "degree is processes / this; must divide the number of processes and the "
+                "attention heads; needs model.attn_implementation=sdpa and train.loss_impl "
+                "other than hf; 1: off"})
     ep_preset: str = field(default="qwen3_vl_moe", metadata={
         "help": "which AutoEP module map to use (train/expert_parallel.py)"})
 
@@ -258,6 +347,10 @@ class Config:
         "help": "LoRA adapters (or full fine-tuning with enabled=false)"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={
         "help": "the optimization loop, checkpoints and which parts learn"})
+    dpo: DpoConfig = field(default_factory=DpoConfig, metadata={
+        "help": "the DPO loss (with train.objective: dpo)"})
+    grpo: GrpoConfig = field(default_factory=GrpoConfig, metadata={
+        "help": "rollouts, rewards and the policy loss (with train.objective: grpo)"})
     moe: MoeConfig = field(default_factory=MoeConfig, metadata={
         "help": "router losses and statistics (Qwen3-VL-MoE only)"})
     distributed: DistributedConfig = field(default_factory=DistributedConfig, metadata={
@@ -275,6 +368,27 @@ class Config:
             raise ValueError("with data.packing=true a micro-batch is one packed row of up to "
                              "data.pack_tokens tokens: set train.batch_size=1 and size the step "
                              "with data.pack_tokens and train.grad_accum")
+        if self.distributed.sequence_parallel > 1:
+            if self.model.attn_implementation != "sdpa":
+                raise ValueError(f"distributed.sequence_parallel > 1 runs its own all-to-all "
+                                 f"attention over sdpa; model.attn_implementation="
+                                 f"{self.model.attn_implementation} is not supported with it: set "
+                                 f"model.attn_implementation=sdpa")
+            if getattr(self.train, "objective", "sft") != "sft":
+                raise ValueError("distributed.sequence_parallel > 1 splits the next-token loss "
+                                 "only; preference objectives need every rank's whole-sequence "
+                                 "log-probs: set train.objective=sft or "
+                                 "distributed.sequence_parallel=1")
+            if self.train.loss_impl == "hf":
+                raise ValueError("train.loss_impl=hf shifts labels inside each rank's slice, which "
+                                 "is wrong under distributed.sequence_parallel > 1: set "
+                                 "train.loss_impl=chunked (or auto)")
+        if self.train.objective in ("dpo", "grpo"):
+            self._check_preference_objective()
+        if self.model.tiled_mlp_tokens and self.distributed.expert_parallel > 1:
+            raise ValueError("model.tiled_mlp_tokens does not reach the MoE blocks AutoEP puts in "
+                             "place (distributed.expert_parallel > 1): set "
+                             "model.tiled_mlp_tokens=0 or distributed.expert_parallel=1")
         if self.lora.enabled:
             from train.lora import validate_lora
 
@@ -284,3 +398,21 @@ class Config:
                                  "distributed.expert_parallel > 1 (AutoEP replaces the expert "
                                  "modules the adapters wrap): drop 'experts' or set "
                                  "distributed.expert_parallel=1")
+
+    def _check_preference_objective(self) -> None:
+        """What DPO / GRPO do not combine with yet; they read logits for their own log-probs
+        instead of the LM loss."""
+        objective = self.train.objective
+        if self.train.loss_impl not in ("auto", "hf"):
+            raise ValueError(f"train.objective={objective} computes per-token log-probs itself; "
+                             f"train.loss_impl={self.train.loss_impl} applies to sft: remove it")
+        self.train.loss_impl = "hf"  # no LM loss head: the objective reads the logits
+        if self.distributed.sequence_parallel > 1:
+            raise ValueError(f"train.objective={objective} with distributed.sequence_parallel > 1 "
+                             f"is not supported yet: set distributed.sequence_parallel=1")
+        if self.data.prepared:
+            raise ValueError(f"data.prepared caches encoded SFT samples: remove data.prepared "
+                             f"with train.objective={objective}")
+        if objective == "grpo" and self.data.packing:
+            raise ValueError("train.objective=grpo batches prompts and their sampled "
+                             "completions, not packed rows: set data.packing=false")

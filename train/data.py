@@ -2,8 +2,10 @@
 
 ``BatchPlan`` lists the micro-batches of every epoch as a pure function of (seed, epoch): the
 mixture's order, cut into fixed-size batches (optionally grouped by length) or packed into rows
-of ``pack_tokens`` tokens. ``StepBatchSampler`` hands each rank its share of each step, so a run
-resumed at step ``s`` sees exactly the samples an uninterrupted run would have seen.
+of ``pack_tokens`` tokens. ``StepBatchSampler`` hands each data-parallel rank its share of each
+step, so a run resumed at step ``s`` sees exactly the samples an uninterrupted run would have
+seen. Under sequence parallelism the trainer passes the data-parallel degree and rank
+(``DistInfo.dp_size`` / ``dp_rank``), so the N ranks of a group read the same micro-batches.
 """
 
 from __future__ import annotations

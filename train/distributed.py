@@ -8,7 +8,7 @@ CPU runs use gloo; CUDA runs use nccl.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -20,10 +20,26 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    sequence_parallel: int = 1  # ranks per sequence-parallel group (consecutive ranks)
+    sp_group: object = None  # train.sequence_parallel.SPGroup when sequence_parallel > 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel degree: how many different micro-batches a micro-step trains on."""
+        return self.world_size // self.sequence_parallel
+
+    @property
+    def dp_rank(self) -> int:
+        """Which of them this rank holds (every rank of an SP group holds the same one)."""
+        return self.rank // self.sequence_parallel
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sequence_parallel
 
 
 def init_distributed() -> DistInfo:
@@ -38,6 +54,20 @@ def init_distributed() -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def with_sequence_parallel(info: DistInfo, size: int) -> DistInfo:
+    """``info`` with its sequence-parallel group made (collectively, on every rank)."""
+    if size == 1:
+        return info
+    if info.world_size == 1 or not dist.is_initialized():
+        raise ValueError(f"distributed.sequence_parallel={size} splits each sample over {size} "
+                         f"processes, but this run has one: launch with torchrun --nproc_per_node "
+                         f"{size} (or a multiple), or set distributed.sequence_parallel=1")
+    from train.sequence_parallel import new_sp_group
+
+    return replace(info, sequence_parallel=size,
+                   sp_group=new_sp_group(size, info.rank, info.world_size))
 
 
 def barrier() -> None:

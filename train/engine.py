@@ -12,6 +12,12 @@ label token of the global batch, so neither engine rescales it for accumulation 
 average gradients over ranks; the loop multiplies that back by dividing ``num_items_in_batch``
 by the world size).
 
+The forward path is hooked into the model before it is wrapped (``install_forward``): the LM
+loss of ``train.loss_impl`` without full logits (train/loss.py) and the Ulysses split of
+``distributed.sequence_parallel`` (train/sequence_parallel.py). Both are forward hooks and a
+registered attention kernel, so the wrapped module, its parameter names and every save path
+stay those of the transformers / peft model.
+
 The schedule is transformers' ``get_scheduler`` (linear warm-up, then cosine / linear /
 constant), gated so that it does not move on a skipped step.
 """
@@ -26,6 +32,7 @@ import torch
 
 from train.distributed import DistInfo
 from train.layout import DEEPSPEED, OPTIMIZER
+from train.loss import LossHead
 from train.safeload import load_file
 
 # The shipped DeepSpeed configs (package data, so a non-editable install has them too).
@@ -113,11 +120,14 @@ class Engine:
     optimizer: torch.optim.Optimizer
     dist: DistInfo
     keepalive: "VisionKeepAlive | None" = None
+    loss_head: LossHead | None = None  # train.loss_impl other than hf (train/loss.py)
     zero3 = False
 
     def forward(self, batch: dict):
         if self.keepalive is not None:
             self.keepalive.arm(batch)
+        if self.loss_head is not None and "labels" in batch:  # no labels: logits wanted
+            return self.loss_head.forward(self.model, batch)
         return self.model(**batch, use_cache=False)
 
     def lrs(self) -> dict[str, float]:
@@ -393,6 +403,7 @@ def build_engine(cfg, dist: DistInfo, build_model) -> Engine:
 
     if not cfg.distributed.deepspeed:
         model = build_model().to(dist.device)
+        head = install_forward(model, cfg, dist, zero3=False)
         engine = TorchEngine(model, param_groups(model, cfg.train), cfg, dist)
     else:
         import deepspeed
@@ -415,9 +426,24 @@ def build_engine(cfg, dist: DistInfo, build_model) -> Engine:
 
             check_expert_parallel(model, model_config, cfg.distributed.ep_preset,
                                   cfg.distributed.expert_parallel, dist.world_size, zero_stage)
+        head = install_forward(model, cfg, dist, zero3=zero_stage == 3)
         engine = DeepSpeedEngine(model, param_groups(model, cfg.train), cfg, dist, ds_config, hf_ds)
         if cfg.distributed.expert_parallel > 1:
             engine.log_experts()  # AutoEP has replaced the MoE blocks by now
+    engine.loss_head = head
     if dist.world_size > 1:
         engine.keepalive = VisionKeepAlive(engine.module)
     return engine
+
+
+def install_forward(model, cfg, dist: DistInfo, zero3: bool) -> LossHead | None:
+    """The forward path of ``train.loss_impl`` and ``distributed.sequence_parallel``, hooked
+    into the model before DDP / DeepSpeed wrap it (train/loss.py, train/sequence_parallel.py);
+    None: transformers' own loss, as is."""
+    shard = None
+    if dist.sequence_parallel > 1:
+        from train.sequence_parallel import SequenceShard
+
+        shard = SequenceShard.install(model, dist.sp_group)
+    return LossHead.install(model, cfg.train.loss_impl, cfg.train.loss_chunk_tokens, dist.device,
+                            shard=shard, zero3=zero3)

@@ -63,13 +63,15 @@ class ProgressLog:
     def step(self, step: int, *, loss: float, lr: float, grad_norm: float, tokens: int,
              seconds: float, skipped: int = 0, lrs: dict[str, float] | None = None,
              visual_tokens: int = 0, nan_skipped: bool = False, flops: float | None = None,
-             moe: dict[str, float] | None = None, collapsed: bool = False) -> None:
+             moe: dict[str, float] | None = None, collapsed: bool = False,
+             objective: dict[str, float] | None = None) -> None:
         """One optimizer step, summed over ranks: ``tokens`` / ``visual_tokens`` (non-padding
         tokens, of which visual), ``skipped`` (samples replaced this step), ``flops``
         (``StepFlops.step_flops`` summed over micro-batches and ranks); ``lrs``: each param
         group's lr by name; ``nan_skipped``: the update was skipped for a NaN/inf loss or
         gradient; ``moe``: scalars such as aux_loss, z_loss, expert-load statistics;
-        ``collapsed``: the run looked collapsed as of this step (``train.health``)."""
+        ``collapsed``: the run looked collapsed as of this step (``train.health``);
+        ``objective``: the objective's own statistics (DPO rewards), logged under their names."""
         if not self.enabled:
             return
         self.skipped_total += skipped
@@ -78,7 +80,8 @@ class ProgressLog:
             self.per_group_lr = True
         self.window.append(dict(loss=loss, lr=lr, lrs=lrs or {}, grad_norm=grad_norm, tokens=tokens,
                                 seconds=seconds, visual_tokens=visual_tokens, flops=flops,
-                                moe=moe or {}, nan=nan_skipped, collapsed=collapsed))
+                                moe=moe or {}, nan=nan_skipped, collapsed=collapsed,
+                                objective=objective or {}))
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -110,6 +113,9 @@ class ProgressLog:
         for key in dict.fromkeys(k for x in w for k in x["moe"]):
             values = [float(x["moe"][key]) for x in w if key in x["moe"]]
             record[key if key.startswith("moe/") else f"moe/{key}"] = sum(values) / len(values)
+        for key in dict.fromkeys(k for x in w for k in x["objective"]):
+            values = [float(x["objective"][key]) for x in w if key in x["objective"]]
+            record[key] = sum(values) / len(values)
         if all(x["flops"] is not None for x in w):
             flops = sum(x["flops"] for x in w)
             record["model_tflops_per_s"] = flops / seconds / self.world_size / 1e12

@@ -25,13 +25,16 @@ import torch
 
 from data.configio import to_dict
 from data.corpus import load_corpus
+from data.pair_corpus import load_pair_corpus
+from data.prompts import PromptCollator, load_prompt_corpus, prompts_in
 from data.prepared import PreparedDataset
 from data.samples import BadSample, BadSampleFile, BadSampleLog, DataError
 from train import checkpoint as ckpt
 from train import layout, run_folder
 from train.config import Config
 from train.data import BatchPlan, EncodedDataset, StepBatchSampler, TrainCollator, make_loader
-from train.distributed import DistInfo, all_reduce_sum, barrier, decide_on_main, init_distributed
+from train.distributed import (DistInfo, all_reduce_sum, barrier, decide_on_main, init_distributed,
+                               with_sequence_parallel)
 from train.engine import build_engine, unwrap
 from train.errors import NonFiniteError
 from train.health import CollapseWatch, nonfinite_weights
@@ -40,6 +43,8 @@ from train.hooks import TrainHooks
 from train.lora import apply_lora
 from train.modeling import DTYPES, load_model, load_processor
 from train.moe import RouterLosses, load_summary
+from train.objectives.dpo_step import DpoStep, PairCollator, pairs_in, reference_model
+from train.objectives.grpo_step import GrpoStep, append_records
 from train.params import freeze_parts
 from train.progress import ProgressLog
 from train.trackers import check_trackers
@@ -63,6 +68,7 @@ class Run:
     hooks: TrainHooks
     start_step: int
     collapse: CollapseWatch
+    objective: "DpoStep | GrpoStep | None" = None  # train.objective dpo / grpo; None: SFT
 
 
 @dataclass
@@ -80,6 +86,7 @@ class StepResult:
     applied: bool = False
     skipped: list[BadSample] = field(default_factory=list)
     repaired: list[BadSample] = field(default_factory=list)  # used after a repair (reason says)
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's, summed over ranks
 
 
 def train(cfg: Config, hooks: TrainHooks | None = None) -> Path:
@@ -141,6 +148,9 @@ def set_up(cfg: Config, dist: DistInfo, claim: run_folder.Claim, hooks: TrainHoo
     out = Path(cfg.train.output_dir)
     run_config = {"run_id": claim.run_id, **to_dict(cfg)}
     seed_everything(cfg.train.seed)
+    # Under sequence parallelism the ranks of a group share each micro-batch: the data is
+    # split over dist.dp_size, not the world.
+    dist = with_sequence_parallel(dist, cfg.distributed.sequence_parallel)
 
     processor = load_processor(cfg.model.path)
     bad_file = BadSampleFile(out / "bad_samples.jsonl", dist.rank)
@@ -153,10 +163,10 @@ def set_up(cfg: Config, dist: DistInfo, claim: run_folder.Claim, hooks: TrainHoo
     plan = BatchPlan(corpus.mixture(cfg.train.seed), cfg.train.batch_size, cfg.train.seed,
                      corpus.lengths, cfg.data.pack_tokens if cfg.data.packing else None,
                      cfg.data.group_by_length)
-    sampler = StepBatchSampler(plan, cfg.train.grad_accum, dist.world_size, dist.rank,
+    sampler = StepBatchSampler(plan, cfg.train.grad_accum, dist.dp_size, dist.dp_rank,
                                cfg.train.max_steps, start_step)
-    collator = TrainCollator(processor.tokenizer.pad_token_id, cfg.data.packing,
-                             processor.image_processor.merge_size)
+    collator = COLLATORS[cfg.train.objective](
+        processor.tokenizer.pad_token_id, cfg.data.packing, processor.image_processor.merge_size)
     dataset = EncodedDataset(corpus, cfg.data.on_bad_sample,
                              corpus.lengths if cfg.data.packing else None)
     batches = iter(make_loader(dataset, sampler, collator, cfg.data.num_workers))
@@ -168,7 +178,7 @@ def set_up(cfg: Config, dist: DistInfo, claim: run_folder.Claim, hooks: TrainHoo
     engine.model.train()
     return Run(cfg, dist, out, run_config, processor, engine, router, batches, log, bad_file,
                StepFlops(engine.module.config), hooks, start_step,
-               CollapseWatch(cfg.train.collapse_steps))
+               CollapseWatch(cfg.train.collapse_steps), build_objective(cfg, dist, engine, processor))
 
 
 def resume(cfg: Config, dist: DistInfo, engine, checkpoint: Path | None) -> int:
@@ -216,6 +226,11 @@ def load_data(cfg: Config, dist: DistInfo, processor, bad_file: BadSampleFile):
                             f"samples (e.g. {left_out[0]}); see its bad_samples.jsonl. Fix them and "
                             f"prepare again, or set data.on_bad_sample=skip.")
         bad.records = left_out
+    elif cfg.train.objective == "dpo":
+        corpus = load_pair_corpus(cfg.data, processor, bad, plan=cfg.data.plan_ahead)
+    elif cfg.train.objective == "grpo":
+        corpus = load_prompt_corpus(cfg.data, processor, bad, plan=cfg.data.plan_ahead,
+                                    max_new_tokens=cfg.grpo.max_new_tokens)
     else:
         corpus = load_corpus(cfg.data, processor, bad, plan=cfg.data.plan_ahead,
                              progress=dist.is_main)
@@ -232,17 +247,46 @@ def load_data(cfg: Config, dist: DistInfo, processor, bad_file: BadSampleFile):
 
 
 def build_model(cfg: Config):
-    """The model as it trains: loaded (the class from its config.json), activation
-    checkpointing, and LoRA adapters on the unfrozen parts or, for full fine-tuning, the frozen
-    parts frozen."""
+    """The model as it trains: loaded (the class from its config.json, the patch embedding as
+    ``model.patch_embed`` says), LoRA adapters on the unfrozen parts or, for full fine-tuning,
+    the frozen parts frozen; then the activation-memory switches (checkpointing, offload, tiled
+    MLP: ``train/activations.py``), last, so they wrap peft's modules too."""
+    from train.activations import apply_activation_memory
+
     model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
-                       experts_implementation=cfg.model.experts_implementation)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                       experts_implementation=cfg.model.experts_implementation,
+                       patch_embed=cfg.model.patch_embed)
     if cfg.lora.enabled:
-        return apply_lora(model, cfg.lora, cfg.train)
-    freeze_parts(model, cfg.train)
-    return model
+        model = apply_lora(model, cfg.lora, cfg.train)
+    else:
+        freeze_parts(model, cfg.train)
+    return apply_activation_memory(model, cfg.model)
+
+
+# How each objective batches its micro-batches (an SFT row, a pair's two rows, prompts).
+COLLATORS = {"sft": TrainCollator, "dpo": PairCollator, "grpo": PromptCollator}
+
+
+def build_objective(cfg: Config, dist: DistInfo, engine, processor) -> DpoStep | GrpoStep | None:
+    """The DPO or GRPO step and its reference (train/objectives/), or None for SFT. The
+    reference is the model with its LoRA adapters off, or a frozen copy of the base for full
+    fine-tuning (DPO always, GRPO only with a KL term)."""
+    objective = cfg.train.objective
+    if objective == "sft":
+        return None
+    needs_copy = not cfg.lora.enabled and (objective == "dpo" or cfg.grpo.kl_coef > 0)
+    if needs_copy and engine.zero3:
+        raise ValueError(f"full fine-tuning {objective} under ZeRO-3 would need a partitioned "
+                         f"frozen reference model, which is not supported yet: use LoRA (its "
+                         f"reference is the model with adapters off) or ZeRO-2")
+    reference = reference_model(cfg, lambda: load_model(
+        cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+        experts_implementation=cfg.model.experts_implementation).to(dist.device)) \
+        if needs_copy else None
+    if objective == "dpo":
+        return DpoStep(cfg.dpo, reference)
+    return GrpoStep(cfg.grpo, processor, reference,
+                    synced_gpus=engine.zero3 and dist.world_size > 1)
 
 
 # --- One step --------------------------------------------------------------------------------
@@ -253,25 +297,52 @@ def train_step(run: Run, step: int) -> StepResult:
     The loss is the mean over every label token of the global batch, however it is split into
     micro-batches and ranks; DDP/ZeRO average gradients over ranks, hence the division of
     ``num_items_in_batch`` by the world size. A non-finite loss on any rank marks the step for
-    all of them before anyone runs backward (ZeRO and DDP communicate in backward)."""
+    all of them before anyone runs backward (ZeRO and DDP communicate in backward).
+
+    Under sequence parallelism the N ranks of a group hold the same micro-batches: its labels
+    are counted once (hence the division by N), each rank's loss sums its slice of them, and
+    only the group's first rank counts tokens, FLOPs and bad samples for the log."""
     cfg, dist, engine = run.cfg, run.dist, run.engine
     micro_batches = [next(run.batches) for _ in range(cfg.train.grad_accum)]
-    n_label = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-    items_per_rank = torch.tensor(all_reduce_sum([n_label], dist.device)[0] / dist.world_size)
+    if isinstance(run.objective, DpoStep):  # the mean is over pairs, not label tokens
+        n_label = sum(pairs_in(b) for b in micro_batches)
+    elif isinstance(run.objective, GrpoStep):  # over prompts (each with its completions)
+        n_label = sum(prompts_in(b) for b in micro_batches)
+    else:
+        n_label = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
+    global_labels = all_reduce_sum([n_label], dist.device)[0] / dist.sequence_parallel
+    items_per_rank = torch.tensor(global_labels / dist.world_size)
+    counts = dist.sp_rank == 0
     r = StepResult()
     for i, batch in enumerate(micro_batches):
-        r.skipped += batch.pop("skipped")
-        r.repaired += batch.pop("repaired")
-        described = batch.pop("samples")
-        r.flops += run.step_flops.step_flops(batch)
+        skipped, repaired, described = batch.pop("skipped"), batch.pop("repaired"), batch.pop("samples")
+        rows_known = not isinstance(run.objective, GrpoStep)  # GRPO's rows are generated below
+        if counts:
+            r.skipped += skipped
+            r.repaired += repaired
+            r.flops += run.step_flops.step_flops(batch) if rows_known else 0.0
         batch = {k: v.to(dist.device) for k, v in batch.items()}
-        r.tokens += real_tokens(batch)
-        r.visual_tokens += sum(d["visual_tokens"] for d in described)
+        if counts:
+            r.tokens += real_tokens(batch) if rows_known else 0
+            r.visual_tokens += sum(d["visual_tokens"] for d in described)
         last = i == len(micro_batches) - 1
         if r.non_finite and not engine.backward_every_micro_batch:
             continue  # the step is dropped anyway
         with engine.micro_step(last), out_of_memory_names(described, step, i, dist.rank):
-            lm_loss = engine.forward({**batch, "num_items_in_batch": items_per_rank}).loss
+            if run.objective is not None:
+                # GRPO samples each micro-batch's rollouts from a seed of its own: a resumed
+                # run draws what the uninterrupted run drew.
+                seeded = {} if rows_known else {
+                    "seed": rollout_seed(cfg.train.seed, step, dist.rank, i)}
+                lm_loss, stats = run.objective.loss(engine.forward, unwrap(engine.module), batch,
+                                                    float(items_per_rank), **seeded)
+                for key, value in stats.items():
+                    r.stats[key] = r.stats.get(key, 0.0) + value / len(micro_batches)
+                if not rows_known and counts:  # the prompts and their sampled completions
+                    r.flops += run.step_flops.step_flops(run.objective.last_rows)
+                    r.tokens += real_tokens(run.objective.last_rows)
+            else:
+                lm_loss = engine.forward({**batch, "num_items_in_batch": items_per_rank}).loss
             loss = lm_loss
             if run.router is not None:
                 # A per-micro-batch mean: averaged over micro-batches here and over ranks by
@@ -294,7 +365,15 @@ def train_step(run: Run, step: int) -> StepResult:
                 engine.backward(loss)  # the optimizer drops a step marked non-finite
         engine.micro_done(last, skip=r.non_finite)
     r.grad_norm, r.applied = engine.finish_step(skip=r.non_finite)
+    if isinstance(run.objective, GrpoStep):  # every completion, its rewards and advantage
+        name = "rollouts.jsonl" if dist.rank == 0 else f"rollouts.rank{dist.rank}.jsonl"
+        append_records(run.out / name, run.objective.take_records(), step, dist.rank)
     return r
+
+
+def rollout_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
+    """A distinct sampling seed per (run seed, step, rank, micro-batch)."""
+    return (seed * 1_000_003 + step * 10_007 + rank * 101 + micro_batch) % 2**63
 
 
 def real_tokens(batch: dict) -> int:
@@ -359,6 +438,8 @@ def log_step(run: Run, step: int, r: StepResult, bad_step: bool, seconds: float)
         moe = {"aux_loss": aux / dist.world_size, "z_loss": z / dist.world_size}
         if cfg.moe.log_expert_load:
             moe.update(load_summary(run.router.pop_load(all_reduce=True), run.router.layers))
+    stats = dict(zip(r.stats, all_reduce_sum(list(r.stats.values()), dist.device)))
+    objective = {key: value / dist.world_size for key, value in stats.items()} or None
     lrs = run.engine.lrs()
     lr = lrs.get("llm", next(iter(lrs.values())))
     collapsed = not bad_step and run.collapse.update(loss, r.grad_norm)
@@ -371,7 +452,8 @@ def log_step(run: Run, step: int, r: StepResult, bad_step: bool, seconds: float)
     run.log.step(step, loss=loss if not bad_step else float("nan"), lr=lr,
                  grad_norm=r.grad_norm, tokens=int(tokens), seconds=seconds,
                  skipped=int(n_skipped), lrs=lrs, visual_tokens=int(visual),
-                 nan_skipped=bad_step, flops=flops, moe=moe, collapsed=collapsed)
+                 nan_skipped=bad_step, flops=flops, moe=moe, collapsed=collapsed,
+                 objective=objective)
     return loss
 
 
