@@ -92,31 +92,41 @@ def load_corpus(cfg: DataConfig, processor, bad: BadSampleLog, plan: bool,
     return Corpus(samples, offsets, cfg.source_configs(), encoders, lengths if plan else None)
 
 
-def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, name: str,
-          sequence_parallel: int = 1):
+def plan_each(items, plan_one, bad: BadSampleLog, progress: bool = False, desc: str = ""):
+    """(kept items, their lengths) for samples, pairs or prompts alike: ``plan_one(item)`` ->
+    (length, problem or None). An item that cannot be planned, or whose plan has a problem,
+    goes to ``bad`` with the reason (``over budget: <problem>``) instead."""
     kept, lengths = [], []
-    for sample in tqdm(samples, desc=f"planning {name}", disable=not progress, leave=False):
+    for item in tqdm(items, desc=desc, disable=not progress, leave=False):
         try:
-            p = planner.plan(sample)
-            problem = _over_budget(p, cfg)
-            if problem and cfg.over_budget == "shrink":
-                shrunk = _shrink(sample, planner, cfg)
-                if shrunk is not None:
-                    sample.vision_budget, p = shrunk
-                    problem = None
-                else:
-                    problem += " (still over at the smallest vision budget)"
+            length, problem = plan_one(item)
         except (OSError, ValueError) as e:
             reason = reason_of(e) if isinstance(e, SampleError) else f"cannot plan: {reason_of(e)}"
-            bad.add(BadSample(sample.source, sample.index, sample.id, reason))
+            bad.add(BadSample(item.source, item.index, item.id, reason))
             continue
         if problem:
-            problem += _how_to_fit(p, cfg, sequence_parallel)
-            bad.add(BadSample(sample.source, sample.index, sample.id, f"over budget: {problem}"))
+            bad.add(BadSample(item.source, item.index, item.id, f"over budget: {problem}"))
             continue
-        kept.append(sample)
-        lengths.append(p.total)
+        kept.append(item)
+        lengths.append(length)
     return kept, lengths
+
+
+def _plan(samples, planner, cfg: DataConfig, bad: BadSampleLog, progress: bool, name: str,
+          sequence_parallel: int = 1):
+    def plan_one(sample):
+        p = planner.plan(sample)
+        problem = _over_budget(p, cfg)
+        if problem and cfg.over_budget == "shrink":
+            shrunk = _shrink(sample, planner, cfg)
+            if shrunk is None:
+                return p.total, problem + " (still over at the smallest vision budget)" + \
+                    _how_to_fit(p, cfg, sequence_parallel)
+            sample.vision_budget, p = shrunk
+            return p.total, None
+        return p.total, problem and problem + _how_to_fit(p, cfg, sequence_parallel)
+
+    return plan_each(samples, plan_one, bad, progress, f"planning {name}")
 
 
 def _over_budget(p, cfg: DataConfig) -> str | None:

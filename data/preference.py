@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data.corpus import _over_budget, _shrink
+from data.corpus import _over_budget, _shrink, plan_each
 from data.encode import IGNORE_INDEX, REPAIRS, SampleEncoder, collate
 from data.packing import collate_packed
 from data.planner import TokenPlanner
-from data.samples import BadSample, BadSampleLog, Sample, SampleError, reason_of
+from data.samples import BadSampleLog, Sample
 
 SIDES = ("chosen", "rejected")
 SEQUENCE_IDS = "sequence_ids"  # packed pair rows: each token's sequence (not a model input)
@@ -118,31 +118,21 @@ def plan_pairs(pairs: list[PreferencePair], planner: TokenPlanner, cfg, bad: Bad
     """(kept pairs, (chosen tokens, rejected tokens) of each). ``cfg``: the ``DataConfig``
     (``max_seq_len``, ``max_visual_tokens``, ``over_budget``). Pairs that cannot be planned or
     are over budget on either side (after shrinking, under ``shrink``) go to ``bad``."""
-    kept, lengths = [], []
-    for pair in pairs:
-        try:
-            plans = [planner.plan(pair.side(s)) for s in SIDES]
-            longer = max(range(2), key=lambda k: plans[k].total)
-            problem = _over_budget(plans[longer], cfg)
-            if problem and cfg.over_budget == "shrink":
-                shrunk = _shrink(pair.side(SIDES[longer]), planner, cfg)
-                if shrunk is not None:
-                    pair.vision_budget = shrunk[0]
-                    plans = [planner.plan(pair.side(s)) for s in SIDES]
-                    problem = next(filter(None, (_over_budget(p, cfg) for p in plans)), None)
-                else:
-                    problem += " (still over at the smallest vision budget)"
-        except (OSError, ValueError) as e:
-            reason = reason_of(e) if isinstance(e, SampleError) else f"cannot plan: {reason_of(e)}"
-            bad.add(BadSample(pair.source, pair.index, pair.id, reason))
-            continue
-        if problem:
-            bad.add(BadSample(pair.source, pair.index, pair.id,
-                              f"over budget: {SIDES[longer]} side: {problem}"))
-            continue
-        kept.append(pair)
-        lengths.append((plans[0].total, plans[1].total))
-    return kept, lengths
+    def plan_one(pair):
+        plans = [planner.plan(pair.side(s)) for s in SIDES]
+        longer = max(range(2), key=lambda k: plans[k].total)
+        problem = _over_budget(plans[longer], cfg)
+        if problem and cfg.over_budget == "shrink":
+            shrunk = _shrink(pair.side(SIDES[longer]), planner, cfg)
+            if shrunk is not None:
+                pair.vision_budget = shrunk[0]
+                plans = [planner.plan(pair.side(s)) for s in SIDES]
+                problem = next(filter(None, (_over_budget(p, cfg) for p in plans)), None)
+            else:
+                problem += " (still over at the smallest vision budget)"
+        return (plans[0].total, plans[1].total), problem and f"{SIDES[longer]} side: {problem}"
+
+    return plan_each(pairs, plan_one, bad)
 
 
 # --- Encoding --------------------------------------------------------------------------------

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from data.corpus import Corpus, _over_budget, _shrink, load_corpus
+from data.corpus import Corpus, _over_budget, _shrink, load_corpus, plan_each
 from data.encode import SampleTooLong
 from data.mixture import Mixture
 from data.planner import Plan, TokenPlanner
-from data.samples import BadSample, BadSampleLog, Sample, SampleError, reason_of
+from data.samples import BadSample, BadSampleLog, Sample
 
 PROMPT_SAMPLE = "prompt_sample"  # key of an encoded prompt holding its Sample (not a tensor)
 PROMPTS = "prompts"  # key of a collated micro-batch holding its PromptBatch
@@ -116,30 +116,20 @@ def plan_prompts(samples: list[Sample], planner: TokenPlanner, cfg, bad: BadSamp
                  max_new_tokens: int) -> tuple[list[Sample], list[int]]:
     """(kept samples, their prompt tokens). Over budget: the prompt plus ``max_new_tokens``
     (see the module doc); shrunk or reported as ``data.over_budget`` says."""
-    kept, lengths = [], []
-    for sample in samples:
-        try:
-            n, plan = prompt_tokens(planner, sample, max_new_tokens)
-            problem = _over_budget(plan, cfg)
-            if problem and cfg.over_budget == "shrink":
-                shrunk = _shrink(budget_sample(sample, max_new_tokens), planner, cfg)
-                if shrunk is not None:
-                    sample.vision_budget = shrunk[0]
-                    n, plan = prompt_tokens(planner, sample, max_new_tokens)
-                    problem = _over_budget(plan, cfg)
-                else:
-                    problem += " (still over at the smallest vision budget)"
-        except (OSError, ValueError) as e:
-            reason = reason_of(e) if isinstance(e, SampleError) else f"cannot plan: {reason_of(e)}"
-            bad.add(BadSample(sample.source, sample.index, sample.id, reason))
-            continue
-        if problem:
-            bad.add(BadSample(sample.source, sample.index, sample.id,
-                              f"over budget: prompt + max_new_tokens {max_new_tokens}: {problem}"))
-            continue
-        kept.append(sample)
-        lengths.append(n)
-    return kept, lengths
+    def plan_one(sample):
+        n, plan = prompt_tokens(planner, sample, max_new_tokens)
+        problem = _over_budget(plan, cfg)
+        if problem and cfg.over_budget == "shrink":
+            shrunk = _shrink(budget_sample(sample, max_new_tokens), planner, cfg)
+            if shrunk is not None:
+                sample.vision_budget = shrunk[0]
+                n, plan = prompt_tokens(planner, sample, max_new_tokens)
+                problem = _over_budget(plan, cfg)
+            else:
+                problem += " (still over at the smallest vision budget)"
+        return n, problem and f"prompt + max_new_tokens {max_new_tokens}: {problem}"
+
+    return plan_each(samples, plan_one, bad)
 
 
 def load_prompt_corpus(cfg, processor, bad: BadSampleLog, plan: bool = True,
