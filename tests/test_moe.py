@@ -214,3 +214,55 @@ def test_capture_after_deepspeed_autoep_under_zero3_matches_the_plain_model(tiny
         assert r["load"] == r["plain_load"]
         assert r["router_weight_numel"] == 0  # partitioned by ZeRO-3: never gathered by us
         assert r["router_grad_norm"] > 0
+
+
+def _split_router_losses(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a 2-process gloo group holding half of a row's router logits."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    logits = torch.randn(10, 6)
+    choice = logits.topk(2, dim=-1).indices
+    mask = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1, 1, 0], dtype=torch.bool)
+    half = slice(rank * 5, rank * 5 + 5)
+    mine = logits[half].clone().requires_grad_(True)
+    group = dist.new_group([0, 1])
+    aux = load_balancing_loss(mine, choice[half], mask[half], group)
+    z = router_z_loss(mine, mask[half], group)
+    (aux + z).backward()
+    grad = mine.grad.clone()  # rows 0-4 on rank 0
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"aux": aux.item(), "z": z.item(), "grad": grad.tolist()}, f)
+    dist.destroy_process_group()
+
+
+def test_router_losses_over_a_split_sequence_equal_the_whole_rows(tmp_path):
+    """Under sequence parallelism each rank routes a slice of the rows; the load-balancing and
+    z losses (and their gradients) must still be those of the whole rows."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from tests.helpers.launch import free_port
+
+    out = tmp_path / "split.json"
+    mp.spawn(_split_router_losses, args=(2, free_port(), str(out)), nprocs=2)
+    split = json.loads(out.read_text())
+    torch.manual_seed(0)
+    logits = torch.randn(10, 6).requires_grad_(True)
+    choice = logits.topk(2, dim=-1).indices
+    mask = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1, 1, 0], dtype=torch.bool)
+    aux, z = load_balancing_loss(logits, choice, mask), router_z_loss(logits, mask)
+    (aux + z).backward()
+    assert split["aux"] == pytest.approx(aux.item(), abs=1e-6)
+    assert split["z"] == pytest.approx(z.item(), abs=1e-6)
+    # Each rank's loss holds the group's total, so a rank's rows get their gradient from both
+    # ranks' losses: twice the whole-row gradient; the ranks' average (DDP / ZeRO) halves it.
+    half_rows = torch.tensor(split["grad"]) / 2
+    assert torch.allclose(half_rows, logits.grad[:5], atol=1e-6)

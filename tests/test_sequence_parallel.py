@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.launch import entry, losses, run, run_train
+from tests.helpers.launch import entry, losses, metrics, run, run_train
 from train.config import Config
 from train.data import BatchPlan, StepBatchSampler
 from train.distributed import DistInfo
@@ -108,12 +108,17 @@ def test_training_dense_full_finetune_sp2_zero2(tiny, corpus, tmp_path):
 
 
 def test_training_moe_full_finetune_sp2_zero3_expert_parallel(tiny, corpus, tmp_path):
-    full = ("lora.enabled=false", "train.freeze_vision=true", "moe.log_expert_load=false")
+    full = ("lora.enabled=false", "train.freeze_vision=true", "moe.log_expert_load=false",
+            "moe.aux_loss_coef=0.01", "moe.z_loss_coef=0.001", "train.log_every=1")
     one = _train(tiny["moe"], corpus["train"], tmp_path / "one", 1, *full)
     ep = _train(tiny["moe"], corpus["train"], tmp_path / "ep", 2, *full,
                 "distributed.sequence_parallel=2", "distributed.deepspeed=zero3",
                 "distributed.expert_parallel=2")
     _same(one, ep)
+    # The router losses are over the whole rows, not each rank's slice (train/moe.py).
+    for key in ("moe/aux_loss", "moe/z_loss"):
+        _same(*({r["step"]: r[key] for r in metrics(out)} for out in (tmp_path / "one",
+                                                                      tmp_path / "ep")))
 
 
 # --- pieces, in one process --------------------------------------------------------------------

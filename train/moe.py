@@ -52,33 +52,54 @@ MOE_BLOCK = re.compile(rf"(?P<text>(?:.*\.)?{re.escape(LANGUAGE_MODEL)})\.layers
 # ----------------------------------------------------------------------------- formulas
 
 
+def group_sum(t: torch.Tensor, group, differentiable: bool = False) -> torch.Tensor:
+    """``t`` summed over a sequence-parallel group (``t`` itself without one). Differentiable:
+    the backward sums the gradients too, so each rank's loss, which holds the group's total,
+    sends every rank's tokens their gradient (once per rank: the ranks' average restores it)."""
+    if group is None:
+        return t
+    if differentiable:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t, group=group)
+    t = t.clone()
+    torch.distributed.all_reduce(t, group=group)
+    return t
+
+
 def load_balancing_loss(logits: torch.Tensor, expert_index: torch.Tensor,
-                        token_mask: torch.Tensor | None = None) -> torch.Tensor:
+                        token_mask: torch.Tensor | None = None, group=None) -> torch.Tensor:
     """``E * sum_e f_e * P_e`` for one layer (see the module docstring).
 
     logits: (T, E) raw router logits; expert_index: (T, k) experts each token was routed to;
-    token_mask: (T,) true for real tokens, None when all are real.
+    token_mask: (T,) true for real tokens, None when all are real. ``group``: the
+    sequence-parallel group whose ranks hold the other slices of these rows: the statistics
+    are over the whole sequence, as without the split.
     """
     num_tokens, num_experts = logits.shape
     probs = torch.softmax(logits.float(), dim=-1)
     weight = (torch.ones(num_tokens, device=logits.device) if token_mask is None
               else token_mask.to(device=logits.device, dtype=torch.float32))
-    real = weight.sum().clamp(min=1.0)
+    real = group_sum(weight.sum(), group).clamp(min=1.0)
     top_k = expert_index.shape[-1]
-    assigned = torch.zeros(num_experts, device=logits.device).scatter_add_(
-        0, expert_index.reshape(-1), weight.repeat_interleave(top_k))
+    assigned = group_sum(torch.zeros(num_experts, device=logits.device).scatter_add_(
+        0, expert_index.reshape(-1), weight.repeat_interleave(top_k)), group)
     fraction = assigned / (real * top_k)  # f_e: sums to 1 over experts
-    mean_prob = (probs * weight[:, None]).sum(0) / real  # P_e
+    mean_prob = group_sum((probs * weight[:, None]).sum(0), group, differentiable=True) / real
     return num_experts * (fraction * mean_prob).sum()
 
 
-def router_z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over real tokens of ``logsumexp(logits) ** 2`` for one layer (ST-MoE's z-loss)."""
+def router_z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None,
+                  group=None) -> torch.Tensor:
+    """Mean over real tokens of ``logsumexp(logits) ** 2`` for one layer (ST-MoE's z-loss);
+    ``group`` as for ``load_balancing_loss``."""
     z = torch.logsumexp(logits.float(), dim=-1) ** 2
-    if token_mask is None:
+    if token_mask is None and group is None:
         return z.mean()
-    weight = token_mask.to(device=logits.device, dtype=torch.float32)
-    return (z * weight).sum() / weight.sum().clamp(min=1.0)
+    weight = (torch.ones_like(z) if token_mask is None
+              else token_mask.to(device=logits.device, dtype=torch.float32))
+    return (group_sum((z * weight).sum(), group, differentiable=True)
+            / group_sum(weight.sum(), group).clamp(min=1.0))
 
 
 def load_summary(counts: torch.Tensor, layers: list[int] | None = None) -> dict[str, float]:
@@ -200,10 +221,11 @@ class RouterLosses:
         self._load: torch.Tensor | None = None
         self._device: torch.device | None = None  # where routing happens (set by the first forward)
         self._handles: list = []
+        self.group = None  # the sequence-parallel group, when the rows are split (attach)
         self._hook()
 
     @classmethod
-    def attach(cls, model: nn.Module, moe_cfg) -> "RouterLosses | None":
+    def attach(cls, model: nn.Module, moe_cfg, group=None) -> "RouterLosses | None":
         """Hooks on ``model``'s routers; None for a dense model or when nothing is asked for.
 
         ``moe_cfg`` is a ``train.config.MoeConfig``; ``aux_loss_coef=None`` takes the
@@ -212,7 +234,8 @@ class RouterLosses:
 
         Attach to the final module tree: after peft and after ``deepspeed.initialize`` (AutoEP
         replaces the MoE blocks there; hooks on the replaced routers would never fire). Before
-        or after DDP wrapping makes no difference.
+        or after DDP wrapping makes no difference. ``group``: the sequence-parallel group
+        (each rank's routers see a slice of the rows; the losses are over the whole rows).
         """
         sites = find_router_sites(model)
         config = getattr(model, "config", None)
@@ -233,7 +256,9 @@ class RouterLosses:
             text_config.output_router_logits = False
         if aux_coef == 0 and moe_cfg.z_loss_coef == 0 and not moe_cfg.log_expert_load:
             return None
-        return cls(sites, aux_coef, moe_cfg.z_loss_coef, moe_cfg.log_expert_load)
+        losses = cls(sites, aux_coef, moe_cfg.z_loss_coef, moe_cfg.log_expert_load)
+        losses.group = group
+        return losses
 
     # -- hooks
 
@@ -331,8 +356,9 @@ class RouterLosses:
                                    "RouterLosses to the final model (after peft and after "
                                    "deepspeed.initialize, which may replace MoE blocks)")
             aux_terms += [load_balancing_loss(fwd.logits[s.layer], fwd.choices[s.layer],
-                                              fwd.token_mask) for s in self.sites]
-            z_terms += [router_z_loss(fwd.logits[s.layer], fwd.token_mask) for s in self.sites]
+                                              fwd.token_mask, self.group) for s in self.sites]
+            z_terms += [router_z_loss(fwd.logits[s.layer], fwd.token_mask, self.group)
+                        for s in self.sites]
         aux, z = torch.stack(aux_terms).mean(), torch.stack(z_terms).mean()
         total = self.aux_coef * aux + self.z_coef * z
         return RouterLossOutput(total, aux.item(), z.item())

@@ -157,7 +157,8 @@ def set_up(cfg: Config, dist: DistInfo, claim: run_folder.Claim, hooks: TrainHoo
     corpus = load_data(cfg, dist, processor, bad_file)
     engine = build_engine(cfg, dist, lambda: build_model(cfg))
     # After the engine: AutoEP has replaced the MoE blocks the router hooks attach to.
-    router = RouterLosses.attach(engine.module, cfg.moe)
+    router = RouterLosses.attach(engine.module, cfg.moe,
+                                 dist.sp_group.group if dist.sequence_parallel > 1 else None)
     start_step = resume(cfg, dist, engine, claim.resume_from)
 
     plan = BatchPlan(corpus.mixture(cfg.train.seed), cfg.train.batch_size, cfg.train.seed,
