@@ -28,6 +28,9 @@ from data.sources import load
 
 @dataclass
 class Corpus:
+    """Samples of every configured source (or anything with a sample's ``id``, ``source`` and
+    ``index`` that its source's encoder encodes: preference pairs, ``data.pair_corpus``)."""
+
     samples: list[Sample]
     offsets: list[int]
     sources: list[SourceConfig]

@@ -59,18 +59,27 @@ def load(cfg: SourceConfig, bad: BadSampleLog | None = None) -> list[Sample]:
     """Read one configured source. Records that cannot become a sample go to ``bad`` (which
     raises at once under the ``error`` policy) with the file, record index, reason and the
     source's name."""
+    return read_source(FORMATS, cfg, bad)
+
+
+def read_source(readers: dict, cfg: SourceConfig, bad: BadSampleLog | None,
+                messages_of=lambda sample: sample.messages) -> list:
+    """``readers[cfg.format]`` on one source, then what every source config asks: bad records
+    named with the source, ``max_samples``, the ``system_prompt`` put first in each item's
+    messages (``messages_of``: a sample's messages, a preference pair's prompt)."""
     bad = bad or BadSampleLog("error")
     start = len(bad.records)
-    samples = FORMATS[cfg.format](cfg, bad)
+    items = readers[cfg.format](cfg, bad)
     bad.name_source(start, cfg.name)
     if cfg.max_samples is not None:
-        samples = samples[:cfg.max_samples]
+        items = items[:cfg.max_samples]
     if cfg.system_prompt:
-        for s in samples:
-            if s.messages[0]["role"] != "system":
-                s.messages.insert(0, {"role": "system",
-                                      "content": [{"type": "text", "text": cfg.system_prompt}]})
-    return samples
+        for item in items:
+            messages = messages_of(item)
+            if messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system",
+                                    "content": [{"type": "text", "text": cfg.system_prompt}]})
+    return items
 
 
 def load_source(fmt: str, path: str | Path, image_root: str | Path | None = None,

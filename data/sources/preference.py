@@ -232,15 +232,6 @@ def load_pairs(cfg: SourceConfig, bad: BadSampleLog | None = None) -> list[Prefe
     if cfg.format not in PREFERENCE_FORMATS:
         raise DataError(f"source {cfg.path}: format {cfg.format!r} has no preference reader; "
                         f"preference formats: {', '.join(sorted(PREFERENCE_FORMATS))}")
-    bad = bad or BadSampleLog("error")
-    start = len(bad.records)
-    pairs = PREFERENCE_FORMATS[cfg.format](cfg, bad)
-    bad.name_source(start, cfg.name)
-    if cfg.max_samples is not None:
-        pairs = pairs[:cfg.max_samples]
-    if cfg.system_prompt:
-        for p in pairs:
-            if p.prompt[0]["role"] != "system":
-                p.prompt.insert(0, {"role": "system",
-                                    "content": [{"type": "text", "text": cfg.system_prompt}]})
-    return pairs
+    from data.sources import read_source
+
+    return read_source(PREFERENCE_FORMATS, cfg, bad, lambda pair: pair.prompt)

@@ -1,7 +1,7 @@
 """DPO inside the training loop: how a micro-batch of preference pairs becomes a loss.
 
 The loop (train/trainer.py) is the SFT loop; with ``train.objective: dpo`` it reads a
-``data.preference.PairCorpus`` through the same sampler (resume, mixture, skipping bad pairs
+corpus of pairs (``data.pair_corpus``) through the same sampler (resume, mixture, skipping bad pairs
 all unchanged), batches with ``PairCollator`` (2B padded rows, or the 2B sequences packed in one
 row) and asks ``DpoStep`` for each micro-batch's loss:
 
