@@ -149,6 +149,10 @@ class EvalConfig:
                 "leaderboard_base, per-benchmark bars) and .png (grouped bars); null: none"})
     leaderboard_base: str | None = field(default=None, metadata={
         "help": "a checkpoint name: deltas against it in the md and html leaderboards"})
+    leaderboard_references: list[str] = field(default_factory=list, metadata={
+        "help": "reference rows of Qwen's published scores, with each checkpoint's gap to them, "
+                "e.g. [qwen3vl-8b-instruct], or [auto] for the checkpoints' own base models "
+                "(eval/references.py); []: none"})
     progress: bool = field(default=True, metadata={"help": "show a console progress bar"})
     preset: Literal["greedy", "qwen3vl-instruct", "qwen3vl-thinking"] = field(default="greedy", metadata={
         "help": "greedy (compare checkpoints on one deterministic answer), qwen3vl-instruct or "
@@ -160,8 +164,10 @@ class EvalConfig:
 
     def __post_init__(self):
         from eval.presets import apply_generation, task_vision
+        from eval.references import resolve
 
         apply_generation(self.preset, self.generation, GenerationConfig())
+        resolve(self.leaderboard_references, [])  # an unknown name fails before any run
         if self.max_image_pixels <= 0:
             raise ValueError(f"max_image_pixels must be > 0, got {self.max_image_pixels}")
         if self.samples_per_item < 1:

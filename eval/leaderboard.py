@@ -35,6 +35,14 @@ updates the board instead of duplicating rows. Entries keep the order in which t
 (checkpoint, task) was first seen. The CLI warns when a checkpoint's merged entries come from
 results of different weights (``mixed_weights``: their rows' ``fingerprint`` differs).
 
+Reference rows (``eval.references``). ``--reference NAME`` (repeatable; ``auto``: the references
+of the runs' models) adds Qwen's published scores for a Qwen3-VL size and mode, e.g.
+``qwen3vl-8b-instruct``, as rows labelled ``ref: Qwen3-VL-8B-Instruct (tech report)`` under the
+runs, a "gap vs reference" table (run minus reference, in points) and the caveats and sources
+under it. They are not checkpoints: never a base, never in ``--expect-ahead`` or significance.
+In the JSON they follow the entries with their own keys (``reference``, ``source``, ``match``,
+``gaps``, ...; ``eval.references.compare``), and reading a leaderboard file back skips them.
+
 Names and other text from results files are escaped in every output: HTML-escaped in the page
 and in the Markdown (where ``[``, ``]``, ``|``, ... are also backslash-escaped), so that a name
 is shown as text and never becomes markup, a link or a broken table.
@@ -139,13 +147,14 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _read_list(path: Path) -> list:
+    """The run rows of a JSON list file: a leaderboard's reference rows are left out."""
     try:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of result rows, got {type(rows).__name__}")
-    return rows
+    return [row for row in rows if not (isinstance(row, dict) and "reference" in row)]
 
 
 def mixed_weights(sources: list[str | Path]) -> list[str]:
@@ -237,15 +246,27 @@ def paired_pvalue(a: dict | None, b: dict | None) -> float | None:
     return entries_pvalue(a, b)
 
 
-def markdown(rows: list[dict], base: str | None = None) -> str:
+def reference_view(entries: list[dict], references: list[str] | None) -> dict:
+    """``eval.references.compare`` for the named references (``--reference``) on this board."""
+    from eval import references as refs_mod
+
+    if not references:
+        return {"rows": [], "gaps": [], "notes": []}
+    refs = refs_mod.resolve(list(references), entries)
+    return refs_mod.compare(entries, columns(entries), checkpoints(entries), refs)
+
+
+def markdown(rows: list[dict], base: str | None = None, references: list[str] | None = None) -> str:
     """Rows = checkpoints, columns = task (metric), scores in % with their 95% interval where
     known: ``41.2 [38.0, 44.4]``. With ``base``, every other checkpoint's score also shows its
     difference from the base in points, ``*`` when the paired test says p < 0.05:
-    ``41.2 (+3.1*)``. Unparsed counts follow the table."""
+    ``41.2 (+3.1*)``. Unparsed counts follow the table. With ``references`` (names, see
+    ``eval.references``): their rows under the runs, a gap table and their notes and sources."""
     from eval.stats import ALPHA
 
     entries = as_entries(rows)
     _check_base(entries, base)
+    view = reference_view(entries, references)
     cols, table = columns(entries), entry_table(entries)
     lines = ["| checkpoint | " + " | ".join(_md(f"{c['task']} ({c['metric']})") for c in cols) + " |",
              "|" + "---|" * (len(cols) + 1)]
@@ -264,6 +285,9 @@ def markdown(rows: list[dict], base: str | None = None) -> str:
                 cell += f" ({100 * (entry['score'] - ref['score']):+.1f}{star})"
             cells.append(cell)
         lines.append(f"| {_md(ck)} | " + " | ".join(cells) + " |")
+    for label, by_task in _reference_cells(view).items():
+        cells = [_ref_value(by_task.get(c["task"])) for c in cols]
+        lines.append(f"| {_md(label)} | " + " | ".join(cells) + " |")
     note = f"; deltas in points vs {_md(base)}" if base is not None else ""
     text = "\n".join(lines) + f"\n\nScores in %{note}. n per task: " + ", ".join(
         f"{_md(c['task'])}={c['n']}" for c in cols) + "\n"
@@ -277,7 +301,35 @@ def markdown(rows: list[dict], base: str | None = None) -> str:
                 for e in entries if e["unparsed"]]
     if unparsed:
         text += "\nUnparsed replies (scored 0): " + ", ".join(unparsed) + "\n"
+    if view["rows"]:
+        text += "\n" + _gap_markdown(view)
     return text
+
+
+def _reference_cells(view: dict) -> dict[str, dict[str, dict]]:
+    """{reference row label: {task: reference row}} for the main table (RefCOCO-avg is no column)."""
+    cells: dict[str, dict[str, dict]] = {}
+    for r in view["rows"]:
+        cells.setdefault(r["checkpoint"], {})[r["task"]] = r
+    return cells
+
+
+def _ref_value(ref_row: dict | None) -> str:
+    if ref_row is None:
+        return ""
+    return f"{100 * ref_row['score']:.1f}" + ("†" if ref_row["match"] == "split" else "")
+
+
+def _gap_markdown(view: dict) -> str:
+    from eval.references import gap_table
+
+    tasks, rows = gap_table(view)
+    lines = ["Gap vs reference (run minus reference, in points; run vs reference in brackets):", "",
+             "| checkpoint | reference | " + " | ".join(_md(t) for t in tasks) + " |",
+             "|" + "---|" * (len(tasks) + 2)]
+    lines += [f"| {_md(ck)} | {_md(label)} | " + " | ".join(_md(c) for c in cells) + " |"
+              for ck, label, cells in rows]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {_md(n)}" for n in view["notes"]) + "\n"
 
 
 # Names and task texts come from results files anyone may have written: in Markdown, HTML
@@ -295,27 +347,32 @@ def _md(text) -> str:
     return "".join(MD_ESCAPES.get(ch, ch) for ch in text)
 
 
-def write(rows: list[dict], stem: str | Path, base: str | None = None) -> tuple[Path, Path]:
-    """``<stem>.md`` and ``<stem>.json`` (the schema above)."""
+def write(rows: list[dict], stem: str | Path, base: str | None = None,
+          references: list[str] | None = None) -> tuple[Path, Path]:
+    """``<stem>.md`` and ``<stem>.json`` (the schema above; reference rows after the entries)."""
     entries = as_entries(rows)
+    view = reference_view(entries, references)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
-    md.write_text(markdown(entries, base), encoding="utf-8")
-    js.write_text(json.dumps(entries, indent=1))
+    md.write_text(markdown(entries, base, references), encoding="utf-8")
+    js.write_text(json.dumps(entries + view["rows"], indent=1))
     return md, js
 
 
-def write_html(rows: list[dict], path: str | Path, base: str | None = None) -> Path:
+def write_html(rows: list[dict], path: str | Path, base: str | None = None,
+               references: list[str] | None = None) -> Path:
     """A self-contained page (no network): sortable table, deltas vs a base picked in the page
-    (initially ``base``), per-benchmark bar chart."""
+    (initially ``base``), reference rows and gaps (``references``), per-benchmark bar chart."""
     from eval.leaderboard_html import render
 
     entries = as_entries(rows)
     _check_base(entries, base)
+    view = reference_view(entries, references)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(entries, columns(entries), checkpoints(entries), base), encoding="utf-8")
+    path.write_text(render(entries, columns(entries), checkpoints(entries), base, view=view),
+                    encoding="utf-8")
     return path
 
 
@@ -348,10 +405,12 @@ def write_png(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def write_figures(rows: list[dict], stem: str | Path, base: str | None = None) -> tuple[Path, Path]:
+def write_figures(rows: list[dict], stem: str | Path, base: str | None = None,
+                  references: list[str] | None = None) -> tuple[Path, Path]:
     """``<stem>.html`` and ``<stem>.png`` (see ``write_html`` and ``write_png``)."""
     stem = Path(stem)
-    return write_html(rows, stem.with_suffix(".html"), base), write_png(rows, stem.with_suffix(".png"))
+    return (write_html(rows, stem.with_suffix(".html"), base, references),
+            write_png(rows, stem.with_suffix(".png")))
 
 
 def log_wandb(rows: list[dict], project: str, run_name: str | None = None, key: str = "leaderboard"):
@@ -376,17 +435,24 @@ def _cell(value):
 
 
 def ahead_failures(entries: list[dict], ahead: str, behind: str, significant: bool = False,
-                   alpha: float | None = None) -> list[str]:
-    """Every task on which checkpoint ``ahead`` does not score strictly above ``behind`` (a
-    missing score counts as 0), as messages; [] when it is ahead everywhere. ``significant``:
+                   alpha: float | None = None, tasks: list[str] | None = None) -> list[str]:
+    """Every task (of ``tasks``; None: every task on the board) on which checkpoint ``ahead``
+    does not score strictly above ``behind`` (a missing score counts as 0), as messages; []
+    when it is ahead everywhere. A task not on the board raises a ValueError. ``significant``:
     being ahead counts only where the paired test on the same items gives p < ``alpha``
     (default ``eval.stats.ALPHA``); a task without item scores over the same items fails, saying so."""
     from eval.stats import ALPHA
 
     alpha = ALPHA if alpha is None else alpha
     table = entry_table(entries)
+    board = list(dict.fromkeys(e["task"] for e in entries))
+    unknown = [t for t in tasks or () if t not in board]
+    if unknown:
+        raise ValueError(f"--expect-ahead {ahead}:{behind}@{','.join(tasks)}: task "
+                         f"{', '.join(map(repr, unknown))} is not on the leaderboard; tasks: "
+                         f"{', '.join(board)}")
     failures = []
-    for task in dict.fromkeys(e["task"] for e in entries):
+    for task in (board if tasks is None else list(dict.fromkeys(tasks))):
         a, b = table.get((ahead, task)), table.get((behind, task))
         sa, sb = (a or {}).get("score"), (b or {}).get("score")
         if not (sa or 0.0) > (sb or 0.0):
@@ -404,11 +470,13 @@ def ahead_failures(entries: list[dict], ahead: str, behind: str, significant: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eval.leaderboard SOURCE... [--out STEM] [--base CK] [--html] [--png]
-    [--wandb PROJECT] [--expect-ahead A:B ... [--significant] [--alpha P]]``: merge the sources
-    (eval output folders, results folders, results or leaderboard files), print the table, write
-    what is asked, and exit 1 unless each checkpoint A scores above checkpoint B on every task
-    (with --significant: by a paired test's p < 0.05 on the same items)."""
+    """``python -m eval.leaderboard SOURCE... [--out STEM] [--base CK] [--reference NAME ...]
+    [--html] [--png] [--wandb PROJECT] [--expect-ahead A:B[@TASK,...] ... [--significant]
+    [--alpha P]]``: merge the sources (eval output folders, results folders, results or
+    leaderboard files), print the table (with Qwen's published reference rows and the gaps to
+    them, where asked), write what is asked, and exit 1 unless each checkpoint A scores above
+    checkpoint B on every task, or on the tasks after @ (with --significant: by a paired test's
+    p < 0.05 on the same items)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m eval.leaderboard", description=main.__doc__)
@@ -419,7 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", action="store_true", help="also write STEM.html (needs --out)")
     parser.add_argument("--png", action="store_true", help="also write STEM.png (needs --out)")
     parser.add_argument("--wandb", metavar="PROJECT", help="log the entries as a wandb table")
-    parser.add_argument("--expect-ahead", action="append", default=[], metavar="A:B")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME",
+                        help="add Qwen's published scores for a model and mode as a reference row "
+                             "with each run's gap to it, e.g. qwen3vl-8b-instruct; auto: those of "
+                             "the runs' models (repeatable; eval/references.py)")
+    parser.add_argument("--expect-ahead", action="append", default=[], metavar="A:B[@TASK,...]",
+                        help="exit 1 unless checkpoint A scores above B on every task, or on the "
+                             "comma-separated tasks after @ (repeatable)")
     parser.add_argument("--significant", action="store_true",
                         help="with --expect-ahead: A must be ahead by a significant margin (paired "
                              "test on the same items, p < --alpha) on every task")
@@ -432,36 +506,56 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--alpha {args.alpha}: must be in (0, 1), e.g. 0.05")
     if (args.html or args.png) and not args.out:
         parser.error("--html and --png need --out STEM")
+    expectations = []
     for pair in args.expect_ahead:
-        if not all(pair.partition(":")[::2]):
-            parser.error(f"--expect-ahead {pair!r}: expected AHEAD:BEHIND, two checkpoint names")
+        names, at, task_list = pair.partition("@")
+        a, _, b = names.partition(":")
+        tasks = [t.strip() for t in task_list.split(",")] if at else None
+        if not (a and b) or (tasks is not None and not all(tasks)):
+            parser.error(f"--expect-ahead {pair!r}: expected AHEAD:BEHIND, two checkpoint names, "
+                         f"optionally @TASK,TASK,... (e.g. lora:base@mmmu_val,docvqa_val)")
+        expectations.append((a, b, tasks))
     try:
         entries = load(args.sources)
         _check_base(entries, args.base)
+        if args.reference:
+            reference_view(entries, args.reference)
+        for a, b, tasks in expectations:  # errors before any output
+            for ck in (a, b):
+                if ck not in checkpoints(entries):
+                    raise ValueError(f"--expect-ahead {a}:{b}: checkpoint {ck!r} is not on the "
+                                     f"leaderboard (reference rows are not checkpoints); "
+                                     f"checkpoints: {checkpoints(entries)}")
+            if tasks:
+                ahead_failures(entries, a, b, tasks=tasks)
         mixed = mixed_weights(args.sources)
     except (OSError, ValueError) as e:
         print(f"[leaderboard] {e}")
         return 2
     for message in mixed:
         print(f"[leaderboard] warning: {message}")
-    print(markdown(entries, args.base))
+    if args.reference and not reference_view(entries, args.reference)["rows"]:
+        print(f"[leaderboard] warning: --reference {' '.join(args.reference)}: no reference score "
+              f"for a task on this board (or, with auto, no run of a Qwen3-VL release model)")
+    print(markdown(entries, args.base, args.reference))
     if args.out:
-        written = [*write(entries, args.out, args.base)]
+        written = [*write(entries, args.out, args.base, args.reference)]
         if args.html:
-            written.append(write_html(entries, Path(args.out).with_suffix(".html"), args.base))
+            written.append(write_html(entries, Path(args.out).with_suffix(".html"), args.base,
+                                      args.reference))
         if args.png:
             written.append(write_png(entries, Path(args.out).with_suffix(".png")))
         print("[leaderboard] wrote " + " ".join(map(str, written)))
     if args.wandb:
         log_wandb(entries, args.wandb)
     failures = []
-    for pair in args.expect_ahead:
-        a, _, b = pair.partition(":")
-        failures += ahead_failures(entries, a, b, args.significant, args.alpha)
+    for a, b, tasks in expectations:
+        failures += ahead_failures(entries, a, b, args.significant, args.alpha, tasks)
     for failure in failures:
         print(f"[leaderboard] {failure}")
     if args.expect_ahead and not failures:
-        print(f"[leaderboard] ahead on every task{' (significantly)' if args.significant else ''}: "
+        where = "every task" if all(t is None for *_, t in expectations) else "every task asked"
+        print(f"[leaderboard] ahead on {where}{' (significantly)' if args.significant else ''}: "
               f"{', '.join(args.expect_ahead)}")
     return 1 if failures else 0
 

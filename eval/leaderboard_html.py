@@ -7,7 +7,10 @@ clicked (numerically for score columns; a second click reverses) and writes each
 delta vs the checkpoint chosen in the base select, with ``*`` where the paired test on the same
 items (precomputed here for every pair of checkpoints, ``data-p``) gives p below the table's
 ``data-alpha``. Each score shows its 95% bootstrap interval where known, and its unparsed count
-in its tooltip. Scores travel in ``data-score`` attributes, so the script never parses display
+in its tooltip. Reference rows (Qwen's published scores, ``eval.references``; class ``ref``, no
+``data-checkpoint``) sort with the runs but are never a base and get no delta; a table of each
+run's gap to them, their caveats and sources follow, and the chart marks each reference score
+with a dashed line over its task. Scores travel in ``data-score`` attributes, so the script never parses display
 text and never builds HTML from data. (The
 empty ``data:`` icon keeps browsers from asking a server for /favicon.ico.)
 """
@@ -42,6 +45,10 @@ td.score { text-align: right; font-variant-numeric: tabular-nums; white-space: n
 .delta.sig { font-weight: bold; }
 .ci { font-size: 0.8em; color: #666; }
 tr.base td { background: #fff8c5; }
+tr.ref td { background: #eef3fb; font-style: italic; }
+.mark { color: #9a6700; }
+ul.notes { font-size: 0.9em; color: #444; max-width: 70em; }
+svg .refline { stroke: #333; stroke-width: 1.5; stroke-dasharray: 4 3; }
 .legend span { display: inline-block; margin-right: 1em; }
 .legend i { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em; vertical-align: -0.1em; }
 .chart { overflow-x: auto; }
@@ -116,9 +123,11 @@ SCRIPT = """
 
 
 def render(entries: list[dict], columns: list[dict], checkpoints: list[str], base: str | None,
-           title: str = "Leaderboard") -> str:
+           title: str = "Leaderboard", view: dict | None = None) -> str:
     """The page for leaderboard entries; ``columns`` and ``checkpoints`` fix the order (see
-    ``eval.leaderboard.columns``); ``base`` is the select's initial choice (None: no deltas)."""
+    ``eval.leaderboard.columns``); ``base`` is the select's initial choice (None: no deltas);
+    ``view``: reference rows, gaps and notes (``eval.references.compare``)."""
+    view = view or {"rows": [], "gaps": [], "notes": []}
     colour = {ck: PALETTE[i % len(PALETTE)] for i, ck in enumerate(checkpoints)}
     score = {(e["checkpoint"], e["task"]): e["score"] for e in entries}
     return f"""<!doctype html>
@@ -134,11 +143,12 @@ def render(entries: list[dict], columns: list[dict], checkpoints: list[str], bas
 <p>Scores in %, with their 95% bootstrap interval over items where known. Deltas in points vs
 {_base_select(checkpoints, base)} <b>*</b>: significant, p &lt; {ALPHA} in a paired test on the same
 items (McNemar mid-p for 0/1 scores, paired bootstrap otherwise); hover a delta for its p-value.
-Click a column header to sort; click again to reverse.</p>
-{_table(entries, columns, checkpoints, score)}
+Click a column header to sort; click again to reverse.{_reference_intro(view)}</p>
+{_table(entries, columns, checkpoints, score, view)}
+{_gaps(view)}
 <h2>Scores per benchmark</h2>
 <div class="legend">{"".join(f'<span><i style="background:{colour[ck]}"></i>{escape(ck)}</span>' for ck in checkpoints)}</div>
-<div class="chart">{_chart(columns, checkpoints, score, colour)}</div>
+<div class="chart">{_chart(columns, checkpoints, score, colour, view)}</div>
 <script>{SCRIPT}</script>
 </body>
 </html>
@@ -152,7 +162,56 @@ def _base_select(checkpoints: list[str], base: str | None) -> str:
     return f'<select id="base" aria-label="base checkpoint">{"".join(options)}</select>.'
 
 
-def _table(entries: list[dict], columns: list[dict], checkpoints: list[str], score: dict) -> str:
+def _reference_intro(view: dict) -> str:
+    if not view["rows"]:
+        return ""
+    return ("\nShaded italic rows are references: Qwen's published scores (sources below), not runs; "
+            "<span class=\"mark\">†</span>: on another split than this column's.")
+
+
+def _reference_rows(view: dict, columns: list[dict]) -> list[str]:
+    by_label: dict[str, dict[str, dict]] = {}
+    for r in view["rows"]:
+        by_label.setdefault(r["checkpoint"], {})[r["task"]] = r
+    rows = []
+    for label, by_task in by_label.items():
+        first = next(iter(by_task.values()))
+        cells = [_text_cell(label), _text_cell(first["model"]), _text_cell("")]
+        for c in columns:
+            r = by_task.get(c["task"])
+            if r is None:
+                cells.append(f'<td class="score ref" data-task="{escape(c["task"])}" data-score=""></td>')
+                continue
+            src = r["source"]
+            title = (f'{r["paper_row"]} ({r["split"]} split), Table {src["table"]} (p.{src["page"]}) '
+                     f'of arXiv:{src["arxiv"]}')
+            mark = '<span class="mark">†</span>' if r["match"] == "split" else ""
+            cells.append(f'<td class="score ref" data-task="{escape(c["task"])}" '
+                         f'data-score="{r["score"]!r}" title="{escape(title)}">'
+                         f'<span class="value">{100 * r["score"]:.1f}</span>{mark}</td>')
+        rows.append(f'<tr class="ref" data-reference="{escape(first["reference"])}">{"".join(cells)}</tr>')
+    return rows
+
+
+def _gaps(view: dict) -> str:
+    """The gap of every run to every reference, then the caveats and sources."""
+    if not view["rows"]:
+        return ""
+    from eval.references import gap_table
+
+    tasks, rows = gap_table(view)
+    head = "".join(f"<th>{escape(t)}</th>" for t in tasks)
+    body = "".join(f'<tr data-checkpoint="{escape(ck)}"><td>{escape(ck)}</td><td>{escape(label)}</td>'
+                   + "".join(f'<td class="score">{escape(c)}</td>' for c in cells) + "</tr>\n"
+                   for ck, label, cells in rows)
+    notes = "".join(f"<li>{escape(n)}</li>" for n in view["notes"])
+    return (f'<h2>Gap vs reference</h2>\n<p>Run minus reference, in points (run vs reference in '
+            f'brackets).</p>\n<table id="gaps">\n<thead><tr><th>checkpoint</th><th>reference</th>'
+            f'{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n<ul class="notes">{notes}</ul>')
+
+
+def _table(entries: list[dict], columns: list[dict], checkpoints: list[str], score: dict,
+           view: dict) -> str:
     heads = ['<th data-type="text">checkpoint</th>', '<th data-type="text">model</th>',
              '<th data-type="text">date</th>']
     for c in columns:
@@ -173,6 +232,7 @@ def _table(entries: list[dict], columns: list[dict], checkpoints: list[str], sco
             cells.append(f'<td class="score" data-task="{task}" data-score=""></td>' if entry is None
                          else _score_cell(entry, table, checkpoints))
         rows.append(f'<tr data-checkpoint="{escape(ck)}">{"".join(cells)}</tr>')
+    rows += _reference_rows(view, columns)
     return (f'<table id="board" data-alpha="{ALPHA}">\n<thead><tr>{"".join(heads)}</tr></thead>\n'
             f'<tbody>\n{chr(10).join(rows)}\n</tbody>\n</table>')
 
@@ -198,9 +258,12 @@ def _text_cell(text: str) -> str:
     return f'<td data-sort="{escape(text)}">{escape(text)}</td>'
 
 
-def _chart(columns: list[dict], checkpoints: list[str], score: dict, colour: dict) -> str:
+def _chart(columns: list[dict], checkpoints: list[str], score: dict, colour: dict,
+           view: dict | None = None) -> str:
     """Inline SVG: one group of bars per task (one bar per checkpoint that has a score), tasks
-    of a benchmark side by side under the benchmark's name, a 0-100 % axis."""
+    of a benchmark side by side under the benchmark's name, a 0-100 % axis; a dashed line
+    across a task's group for each reference score on it."""
+    refs = (view or {}).get("rows", [])
     group = max(len(checkpoints) * (BAR_WIDTH + BAR_GAP), MIN_GROUP)
     width = LEFT + len(columns) * (group + GROUP_GAP)
     height = TOP + CHART_HEIGHT + BOTTOM
@@ -223,6 +286,12 @@ def _chart(columns: list[dict], checkpoints: list[str], score: dict, colour: dic
                          f'x="{x}" y="{TOP + CHART_HEIGHT - h:.1f}" width="{BAR_WIDTH}" height="{h:.1f}" '
                          f'fill="{colour[ck]}"><title>{escape(ck)} · {escape(c["task"])}: '
                          f'{100 * value:.1f}%</title></rect>')
+        for r in (r for r in refs if r["task"] == c["task"]):
+            y = TOP + CHART_HEIGHT * (1 - min(max(r["score"], 0.0), 1.0))
+            parts.append(f'<line class="refline" data-task="{escape(c["task"])}" '
+                         f'data-reference="{escape(r["reference"])}" x1="{x0}" x2="{x0 + group}" '
+                         f'y1="{y:.1f}" y2="{y:.1f}"><title>{escape(r["checkpoint"])} · '
+                         f'{escape(c["task"])}: {100 * r["score"]:.1f}%</title></line>')
         parts.append(f'<text x="{x0 + group / 2}" y="{TOP + CHART_HEIGHT + 16}" text-anchor="middle">'
                      f'{escape(c["task"])}</text>')
         span = benchmark_span.setdefault(c["benchmark"], [x0, x0 + group])

@@ -408,8 +408,10 @@ def _evaluate(cfg: EvalConfig, hooks: EvalHooks | None, dist, out_dir: Path) -> 
         del generator
     if cfg.leaderboard and dist.is_main:
         rows = leaderboard.collect(out_dir / "results")
-        md, js = leaderboard.write(rows, cfg.leaderboard, cfg.leaderboard_base)
-        html, png = leaderboard.write_figures(rows, cfg.leaderboard, cfg.leaderboard_base)
+        md, js = leaderboard.write(rows, cfg.leaderboard, cfg.leaderboard_base,
+                                   cfg.leaderboard_references)
+        html, png = leaderboard.write_figures(rows, cfg.leaderboard, cfg.leaderboard_base,
+                                              cfg.leaderboard_references)
         print(f"[eval] leaderboard: {md} {js} {html} {png}\n\n{md.read_text()}", flush=True)
     barrier()
     return all_rows

@@ -180,6 +180,30 @@ def test_cli_expect_ahead_exit_code(tmp_path, capsys):
     assert "| lora | 45.2 | 90.0 |" in proc.stdout
 
 
+def test_cli_expect_ahead_on_some_tasks(tmp_path, capsys):
+    """``A:B@t1,t2``: A must be ahead on those tasks only; a task not on the board is an error."""
+    _, js = leaderboard.write(ROWS, tmp_path / "board")       # lora behind base on docvqa_val only
+    assert leaderboard.main([str(js), "--expect-ahead", "lora:base@mmmu_val,refcoco_testA"]) == 0
+    assert "ahead on every task asked: lora:base@mmmu_val,refcoco_testA" in capsys.readouterr().out
+    assert leaderboard.main([str(js), "--expect-ahead", "lora:base@mmmu_val,docvqa_val"]) == 1
+    out = capsys.readouterr().out
+    assert "lora is not ahead of base on docvqa_val" in out and "on mmmu_val" not in out
+    assert leaderboard.main([str(js), "--expect-ahead", "base:lora@docvqa_val",
+                             "--expect-ahead", "lora:base"]) == 1  # plain A:B is still every task
+    assert "lora is not ahead of base on docvqa_val" in capsys.readouterr().out
+    assert leaderboard.main([str(js), "--expect-ahead", "lora:base@mmmu_val,mathvista_testmini"]) == 2
+    assert ("task 'mathvista_testmini' is not on the leaderboard; tasks: mmmu_val, docvqa_val, "
+            "refcoco_testA") in capsys.readouterr().out
+    assert leaderboard.main([str(js), "--expect-ahead", "lora:nobody"]) == 2
+    assert "checkpoint 'nobody' is not on the leaderboard" in capsys.readouterr().out
+    for bad in ("lora:base@", "lora:base@mmmu_val,", "lora@mmmu_val"):
+        with pytest.raises(SystemExit):
+            leaderboard.main([str(js), "--expect-ahead", bad])
+    with pytest.raises(ValueError, match="'nope' is not on the leaderboard"):
+        leaderboard.ahead_failures(leaderboard.load([js]), "lora", "base", tasks=["nope"])
+    assert leaderboard.ahead_failures(leaderboard.load([js]), "lora", "base", tasks=["mmmu_val"]) == []
+
+
 def test_cli_merges_runs_and_writes_every_format(tmp_path, capsys):
     first = write_results(tmp_path / "run1", ROWS[:3])
     second = write_results(tmp_path / "run2", ROWS[3:])

@@ -190,3 +190,49 @@ def test_page_shows_intervals_and_marks_significant_deltas(tmp_path, server):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_page_shows_reference_rows_and_gaps(tmp_path, server):
+    """Qwen's published scores as shaded reference rows: they sort with the runs, never get a
+    delta and are never offered as a base; the gap table and the sources follow the board."""
+    sync_playwright = chromium()
+    rows = [dict(e, split="testmini") if e["task"] == "mathvista_testmini" else e for e in ENTRIES]
+    leaderboard.write_html(rows, tmp_path / "board.html", base="base", references=["qwen3vl-2b-instruct"])
+    url = f"{server}/board.html"
+    label = "ref: Qwen3-VL-2B-Instruct (tech report)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors, requests = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+
+            def rows() -> list[list[str]]:
+                return page.eval_on_selector_all(
+                    "#board tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.innerText.trim()))")
+
+            shown = rows()
+            assert [r[0] for r in shown] == ["base", "lora-a", "sft", "lora-b", label]
+            assert shown[-1][3:] == ["53.4", "61.3", "93.3†"]          # no delta on a reference
+            assert page.is_visible("tr.ref")
+            assert page.get_attribute("tr.ref td[data-task=docvqa_val]", "title").startswith(
+                "DocVQA_test (test split), Table 4 (p.18)")
+            options = page.eval_on_selector_all("#base option", "os => os.map(o => o.value)")
+            assert options == ["", "base", "lora-a", "sft", "lora-b"]
+            page.click("#board thead th[data-task=mmmu_val]")          # 35 40 45 50 53.4
+            page.click("#board thead th[data-task=mmmu_val]")
+            assert [r[0] for r in rows()][:2] == [label, "lora-b"]
+            page.select_option("#base", "sft")
+            assert next(r for r in rows() if r[0] == label)[3:] == ["53.4", "61.3", "93.3†"]
+            gaps = page.eval_on_selector_all(
+                "#gaps tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.innerText.trim()))")
+            assert gaps[0] == ["base", label, "-13.4 (40.0 vs 53.4)", "-31.3 (30.0 vs 61.3)",
+                               "-13.3† (80.0 vs 93.3)"]
+            assert gaps[2][-1] == ""                                   # sft has no docvqa_val score
+            assert "arXiv:2511.21631v2" in page.inner_text("ul.notes")
+            assert page.eval_on_selector_all("#chart line.refline", "ls => ls.length") == 3
+            assert errors == [] and requests == [url]
+        finally:
+            browser.close()
