@@ -61,6 +61,23 @@ def check_expert_parallel(model, model_config, preset: str, ep_size: int, world_
         raise ValueError(f"distributed.ep_preset={preset!r} finds no MoE block in "
                          f"{type(model).__name__} (pattern {pattern.pattern}); use a preset that "
                          f"matches this model or distributed.expert_parallel=1")
+    frozen = frozen_experts(model, blocks, EP_PRESETS[preset]["expert_pattern"])
+    if frozen:
+        raise ValueError(f"distributed.expert_parallel={ep_size} with frozen experts (e.g. "
+                         f"{frozen[0]}; LoRA freezes the base, as does train.freeze_llm): "
+                         f"DeepSpeed 0.19.8's AutoEP cannot write a ZeRO-3 checkpoint holding "
+                         f"frozen experts, so the run would fail at its first save. Fine-tune "
+                         f"the experts in full (lora.enabled=false, train.freeze_llm=false) or set "
+                         f"distributed.expert_parallel=1")
+
+
+def frozen_experts(model, blocks: list[str], expert_attr: str) -> list[str]:
+    """Names of the expert parameters of ``blocks`` that do not train. AutoEP's ZeRO-3 checkpoint
+    stores expert weights from the optimizer's shards, which hold trainable ones only (DeepSpeed
+    0.19.8 ``_save_moe_checkpoint`` raises on a frozen one)."""
+    prefixes = tuple(f"{b}.{expert_attr}." for b in blocks)
+    names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    return [n for n in names if n.startswith(prefixes)]
 
 
 def local_expert_count(model) -> dict[str, int]:

@@ -332,9 +332,11 @@ def train_step(run: Run, step: int) -> StepResult:
         with engine.micro_step(last), out_of_memory_names(described, step, i, dist.rank):
             if run.objective is not None:
                 # GRPO samples each micro-batch's rollouts from a seed of its own: a resumed
-                # run draws what the uninterrupted run drew.
+                # run draws what the uninterrupted run drew, and the seed follows the
+                # micro-batch's place in the step's global batch (StepBatchSampler's order), not
+                # the rank, so 2 processes x 1 micro-batch draw what 1 x 2 draws.
                 seeded = {} if rows_known else {
-                    "seed": rollout_seed(cfg.train.seed, step, dist.rank, i)}
+                    "seed": rollout_seed(cfg.train.seed, step, i * dist.dp_size + dist.dp_rank)}
                 lm_loss, stats = run.objective.loss(engine.forward, unwrap(engine.module), batch,
                                                     float(items_per_rank), **seeded)
                 for key, value in stats.items():
@@ -372,9 +374,12 @@ def train_step(run: Run, step: int) -> StepResult:
     return r
 
 
-def rollout_seed(seed: int, step: int, rank: int, micro_batch: int) -> int:
-    """A distinct sampling seed per (run seed, step, rank, micro-batch)."""
-    return (seed * 1_000_003 + step * 10_007 + rank * 101 + micro_batch) % 2**63
+def rollout_seed(seed: int, step: int, index: int) -> int:
+    """A distinct sampling seed per (run seed, step, micro-batch): ``index`` is the micro-batch's
+    place among the step's ``grad_accum x data-parallel ranks`` micro-batches (rank r's i-th is
+    ``i * dp_size + r``, as ``StepBatchSampler`` hands them out; distinct for up to a million
+    micro-batches a step)."""
+    return ((seed * 1_000_003 + step) * 1_000_003 + index) % 2**63
 
 
 def real_tokens(batch: dict) -> int:
