@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := outputs/demo
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo demo-rl test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ setup: $(STAMP)
 # eval of base and fine-tuned -> leaderboard (outputs/demo/leaderboard.{md,json,html,png}).
 demo: setup
 	$(PY) scripts/run_demo.py --out $(DEMO)
+
+# GRPO from the demo's fine-tune (reused if outputs/demo/train/final exists, else run first):
+# a third leaderboard row, lora-demo-grpo, ahead on grounding with a distractor shape.
+demo-rl: setup
+	$(PY) scripts/run_demo.py --rl --out $(DEMO)
 
 test: setup
 	$(PY) -m pytest -q --durations=25 tests

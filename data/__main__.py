@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--train-per-task", type=int, default=1000)
     synth.add_argument("--eval-per-task", type=int, default=50)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--tasks", default="vqa,grounding,doc",
+                       help="comma-separated kinds: vqa, grounding, doc (the demo's mix), "
+                            "grounding_distractor (a second shape in the image; the RL demo's)")
     check = sub.add_parser("check", help="report every sample training would reject")
     check.add_argument("path", help="a data file (with --format), or a config YAML")
     check.add_argument("overrides", nargs="*", help="config mode: key=value overrides")
@@ -134,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         from data.tools.synthetic import generate
 
-        paths = generate(args.out, args.train_per_task, args.eval_per_task, args.seed)
+        try:
+            paths = generate(args.out, args.train_per_task, args.eval_per_task, args.seed,
+                             [t.strip() for t in args.tasks.split(",") if t.strip()])
+        except ValueError as e:
+            parser.error(f"--tasks {args.tasks}: {e}")
         for split, path in paths.items():
             print(f"[data] {split}: {path}")
         return 0

@@ -17,6 +17,14 @@ import re
 SCALE = 1000
 
 
+RELATIVE_MAX = 1000  # Qwen3-VL's relative scale; replies use 0..999, 1000 is the far edge
+
+
+def on_scale(coords: list[float]) -> bool:
+    """Whether every coordinate is on Qwen3-VL's relative [0, 1000] scale."""
+    return all(0 <= v <= RELATIVE_MAX for v in coords)
+
+
 def box_to_relative(box_xyxy: list[float], width: int, height: int) -> list[int]:
     """Pixel ``[x1, y1, x2, y2]`` -> integers in [0, 1000)."""
     x1, y1, x2, y2 = box_xyxy

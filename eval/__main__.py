@@ -11,7 +11,10 @@ from eval.config import EvalConfig
 def run(cfg: EvalConfig) -> None:
     from eval.runner import evaluate  # imported after the config is known to be good
 
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except FileNotFoundError as e:  # a checkpoint or data path that is not there: one line
+        raise SystemExit(f"eval error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import re
 
 from rapidfuzz.distance import Levenshtein
 
-from data.boxes import iou, parse_boxes
+from data.boxes import iou, on_scale, parse_boxes
 
 THINK_RE = re.compile(r"^.*?</think>", re.DOTALL)
 
@@ -62,10 +62,17 @@ def anls(prediction: str, golds: list[str], threshold: float = 0.5) -> float:
     return best
 
 
-def box_accuracy(prediction: str, gold_box: list[float], threshold: float = 0.5) -> tuple[float, bool]:
-    """Acc@IoU>=threshold using the *first* predicted box only (no best-of-N credit).
-    Returns (score, parsed)."""
+def first_box_iou(prediction: str, gold_box: list[float]) -> tuple[float, bool]:
+    """IoU of the *first* predicted box (no best-of-N credit) with ``gold_box``, both on Qwen's
+    relative [0, 1000) scale. Returns (iou, parsed); a box with a coordinate off that scale is
+    unparsed (0), never mapped off the image."""
     boxes = parse_boxes(prediction)
-    if not boxes:
+    if not boxes or not on_scale(boxes[0]):
         return 0.0, False
-    return float(iou(boxes[0], gold_box) >= threshold), True
+    return iou(boxes[0], gold_box), True
+
+
+def box_accuracy(prediction: str, gold_box: list[float], threshold: float = 0.5) -> tuple[float, bool]:
+    """Acc@IoU>=threshold of the first predicted box. Returns (score, parsed)."""
+    value, parsed = first_box_iou(prediction, gold_box)
+    return float(value >= threshold), parsed

@@ -230,6 +230,14 @@ def test_grounding_iou_anls_and_think_format_by_hand():
     assert fmt("12", MATHVISTA) == 0.0
     assert fmt("<think>a</think>1<think>b</think>2", MATHVISTA) == 0.0
 
+    js = resolve("json_format")
+    assert js('[{"bbox_2d": [1, 2, 3, 4], "label": "x"}]', GROUNDING) == 1.0
+    assert js('```json\n[{"bbox_2d": [1, 2, 3, 4]}]\n```', GROUNDING) == 1.0
+    assert js("<think>where</think>[1, 2, 3, 4]", GROUNDING) == 1.0
+    # the box still parses for the IoU reward, but text trails it: no format credit
+    assert js('[{"bbox_2d": [100, 100, 300, 300]}]29]21lelele', GROUNDING) == 0.0
+    assert iou_reward('[{"bbox_2d": [100, 100, 300, 300]}]29]21lelele', GROUNDING) == 1.0
+
 
 def half(completion, sample_):
     return 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data.boxes import box_from_relative, box_to_relative, iou, xywh_to_xyxy
-from eval.metrics import anls, box_accuracy, exact_match, parse_boxes, strip_thinking
+from eval.metrics import anls, box_accuracy, exact_match, first_box_iou, parse_boxes, strip_thinking
 
 
 def test_exact_match_normalises_case_space_and_punctuation():
@@ -62,6 +62,16 @@ def test_box_accuracy_uses_first_box_only():
     two = '[{"bbox_2d": [600, 600, 900, 900]}, {"bbox_2d": [100, 100, 300, 300]}]'
     assert box_accuracy(two, gold) == (0.0, True)
     assert box_accuracy("garbage", gold) == (0.0, False)
+    # off Qwen's [0, 1000] scale: flagged unparsed, not mapped off the image
+    assert box_accuracy('[{"bbox_2d": [100, 100, 300, 1300]}]', gold) == (0.0, False)
+
+
+def test_first_box_iou_is_the_continuous_score():
+    gold = [100, 100, 300, 300]
+    # intersection 100x100, union 2 * 200^2 - 100^2
+    assert first_box_iou('[{"bbox_2d": [200, 200, 400, 400]}]', gold) == (pytest.approx(1 / 7), True)
+    assert first_box_iou('[{"bbox_2d": [100, 100, 300, 300]}]', gold) == (1.0, True)
+    assert first_box_iou("no box", gold) == (0.0, False)
 
 
 def test_box_conversions_round_trip_and_iou():

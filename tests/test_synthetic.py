@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data.boxes import box_from_relative, iou
@@ -36,3 +37,23 @@ def test_every_task_present_in_both_splits(corpus):
     for split in ("train", "eval"):
         tasks = {r["task"] for r in json.loads(corpus[split].read_text())}
         assert tasks == {"vqa", "grounding", "doc"}
+
+
+def test_distractor_grounding_boxes_the_named_shape_among_two(tmp_path):
+    """``data synth --tasks grounding_distractor`` (the RL demo's prompts): two shapes of
+    different kinds; the answer boxes the one the question names."""
+    from data.tools.synthetic import SHAPES
+
+    paths = generate(tmp_path, 0, 12, seed=3, tasks=["grounding_distractor"])
+    records = json.loads(paths["eval"].read_text())
+    assert len(records) == 12 and {r["task"] for r in records} == {"grounding_distractor"}
+    for r in records:
+        image = np.asarray(Image.open(tmp_path / r["image"]).convert("RGB"))
+        question, answer = r["conversations"][0]["value"], json.loads(r["conversations"][1]["value"])
+        named = [s for s in SHAPES if f"Locate the {s} " in question]
+        assert named == [answer[0]["label"]]
+        x1, y1, x2, y2 = (round(v) for v in box_from_relative(answer[0]["bbox_2d"], 96, 96))
+        inside = (image[y1:y2, x1:x2] < 250).any(axis=2).sum()
+        assert 0.3 * inside < (image < 250).any(axis=2).sum() - inside  # another shape outside
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        generate(tmp_path / "bad", 1, 1, tasks=["grounding", "typo"])

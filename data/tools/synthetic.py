@@ -71,16 +71,27 @@ def make_vqa(rng: random.Random) -> tuple[Image.Image, str, str]:
     return image, f"{question}\n{SHORT_ANSWER}", answer
 
 
-def make_grounding(rng: random.Random) -> tuple[Image.Image, str, str]:
+def make_grounding(rng: random.Random, distractors: int = 0) -> tuple[Image.Image, str, str]:
+    """One shape to locate, plus ``distractors`` shapes of other kinds in other cells."""
     image = Image.new("RGB", (CANVAS, CANVAS), "white")
-    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-    box = _cell_box(rng, rng.randrange(GRID * GRID))
-    draw_shape(ImageDraw.Draw(image), shape, box, COLORS[color])
+    draw = ImageDraw.Draw(image)
+    shapes = rng.sample(SHAPES, 1 + distractors)
+    cells = rng.sample(range(GRID * GRID), 1 + distractors)
+    boxes = [_cell_box(rng, cell) for cell in cells]
+    for shape, box in zip(shapes, boxes):
+        draw_shape(draw, shape, box, COLORS[rng.choice(list(COLORS))])
+    shape, box = shapes[0], boxes[0]
     # Pixel box -> Qwen3-VL relative coordinates; x2/y2 are exclusive edges in pixels.
     rel = box_to_relative([box[0], box[1], box[2] + 1, box[3] + 1], CANVAS, CANVAS)
     answer = json.dumps([{"bbox_2d": rel, "label": shape}])
     question = f"Locate the {shape} in this image. Report bbox coordinates in JSON format."
     return image, question, answer
+
+
+def make_grounding_distractor(rng: random.Random) -> tuple[Image.Image, str, str]:
+    """Grounding with a second shape of another kind in the image: the reply must pick the one
+    the question names. Not in the demo's fine-tuning mix; the RL demo's task."""
+    return make_grounding(rng, distractors=1)
 
 
 def make_doc(rng: random.Random) -> tuple[Image.Image, str, str]:
@@ -97,16 +108,19 @@ def make_doc(rng: random.Random) -> tuple[Image.Image, str, str]:
     return image, f"What is the title of this document?\n{SHORT_ANSWER}", title
 
 
-MAKERS = {"vqa": make_vqa, "grounding": make_grounding, "doc": make_doc}
+MAKERS = {"vqa": make_vqa, "grounding": make_grounding, "doc": make_doc,
+          "grounding_distractor": make_grounding_distractor}
 
 
-def write_split(out_dir: Path, split: str, per_task: int, seed: int) -> Path:
-    """Write ``per_task`` samples of every task to ``out_dir/{split}.json`` plus image files."""
+def write_split(out_dir: Path, split: str, per_task: int, seed: int,
+                tasks: tuple[str, ...] = TASKS) -> Path:
+    """Write ``per_task`` samples of each of ``tasks`` to ``out_dir/{split}.json`` plus image
+    files."""
     rng = random.Random(f"{seed}-{split}")
     image_dir = out_dir / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for task in TASKS:
+    for task in tasks:
         for i in range(per_task):
             image, question, answer = MAKERS[task](rng)
             sample_id = f"{split}-{task}-{i:05d}"
@@ -124,11 +138,17 @@ def write_split(out_dir: Path, split: str, per_task: int, seed: int) -> Path:
 
 
 def generate(out_dir: str | Path, train_per_task: int = 1000, eval_per_task: int = 50,
-             seed: int = 0) -> dict[str, Path]:
+             seed: int = 0, tasks: tuple[str, ...] | list[str] = TASKS) -> dict[str, Path]:
+    """The corpus's train and eval splits. ``tasks``: kinds from ``MAKERS`` (default: the
+    demo's three, ``TASKS``)."""
+    unknown = sorted(set(tasks) - set(MAKERS))
+    if unknown or not tasks:
+        raise ValueError(f"unknown synthetic task(s) {unknown or tasks}; choose from "
+                         f"{', '.join(MAKERS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"train": write_split(out_dir, "train", train_per_task, seed),
-            "eval": write_split(out_dir, "eval", eval_per_task, seed + 1)}
+    return {"train": write_split(out_dir, "train", train_per_task, seed, tuple(tasks)),
+            "eval": write_split(out_dir, "eval", eval_per_task, seed + 1, tuple(tasks))}
 
 
 def write_mixed_modality(train_json: str | Path, out_path: str | Path, n_images: int = 12) -> Path:

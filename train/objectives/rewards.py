@@ -14,7 +14,8 @@ sample (its reference answer and ``meta`` as the data source or eval loader wrot
   (those tasks), ``anls`` / ``exact_match`` (``eval.metrics`` against ``meta["answers"]`` or
   the sample's answer), ``grounding_iou`` (the IoU of the first predicted box, parsed and
   scale-checked as the grounding tasks do, ``data/boxes.py``: a continuous version of their
-  Acc@0.5), ``think_format`` (1 when the reply is ``<think>...</think>`` then a non-empty
+  Acc@0.5), ``json_format`` (1 when the answer is one JSON value, nothing after it),
+  ``think_format`` (1 when the reply is ``<think>...</think>`` then a non-empty
   answer, as the Thinking models write);
 - ``module:function``: a user function imported by path.
 
@@ -31,7 +32,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from data.boxes import box_from_relative, iou, parse_boxes
+from data.boxes import answer_json, box_from_relative, iou, on_scale, parse_boxes
 from eval.metrics import anls, exact_match, strip_thinking, thinking_truncated
 
 RewardFn = Callable[[str, object], float]
@@ -88,8 +89,6 @@ def grounding_iou_reward(opens_thinking: bool = False) -> RewardFn:
     """IoU of the first predicted box with the reference: pixel boxes in ``meta["boxes"]`` with
     ``meta["image_size"]`` (the refcoco / screenspot readers), else the box of the sample's own
     answer on Qwen's relative [0, 1000) scale (bbox_2d JSON, the synthetic and coco readers)."""
-    from eval.tasks.grounding import on_scale
-
     def reward(completion: str, sample) -> float:
         answer = _answer(completion, opens_thinking)
         boxes = parse_boxes(answer) if answer is not None else []
@@ -103,6 +102,17 @@ def grounding_iou_reward(opens_thinking: bool = False) -> RewardFn:
             raise ValueError(f"sample {sample.id}: no reference box (no meta boxes and no "
                              f"bbox_2d in its answer)")
         return iou(boxes[0], gold[0])
+    return reward
+
+
+def json_format_reward(opens_thinking: bool = False) -> RewardFn:
+    """1 when the answer (thinking stripped) is one JSON value, as Qwen3-VL's grounding replies
+    are (an optional ```json fence allowed); 0 for text around or after it. The grounding
+    scorers read the first box out of any text, so without this a policy may learn to trail
+    garbage after its box."""
+    def reward(completion: str, sample) -> float:
+        answer = _answer(completion, opens_thinking)
+        return 0.0 if answer is None else float(answer_json(answer)[0] is not None)
     return reward
 
 
@@ -122,7 +132,8 @@ def think_format_reward(opens_thinking: bool = False) -> RewardFn:
 
 
 BUILTIN = {"anls": anls_reward, "exact_match": exact_match_reward,
-           "grounding_iou": grounding_iou_reward, "think_format": think_format_reward}
+           "grounding_iou": grounding_iou_reward, "json_format": json_format_reward,
+           "think_format": think_format_reward}
 
 
 def resolve(name: str, opens_thinking: bool = False) -> RewardFn:

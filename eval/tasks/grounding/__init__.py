@@ -26,18 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data.boxes import box_center, box_from_relative, iou, parse_boxes, parse_points, point_from_relative, point_in_box
+from data.boxes import (RELATIVE_MAX, box_center, box_from_relative, iou, on_scale,  # noqa: F401
+                        parse_boxes, parse_points, point_from_relative, point_in_box)
 from data.config import SourceConfig
 from data.samples import BadSampleLog
 from data.sources import load as load_source
-
-RELATIVE_MAX = 1000  # Qwen3-VL's relative scale; replies use 0..999, 1000 is the far edge
-
-
-def on_scale(coords: list[float]) -> bool:
-    """Whether every coordinate is on Qwen3-VL's relative [0, 1000] scale."""
-    return all(0 <= v <= RELATIVE_MAX for v in coords)
-
 
 def _load(spec, fmt: str, task: str, split: str | None, name: str, box_format: str | None = None):
     source = SourceConfig(path=spec.data, format=fmt, name=name, task=task,
