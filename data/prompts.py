@@ -198,7 +198,8 @@ def describe_prompt(example: dict, merge_size: int) -> dict:
     """Id and size of one prompt, for messages about its batch (``train.data.describe_example``)."""
     visual = sum(int(example[grid].prod(-1).sum()) // merge_size ** 2
                  for grid in ("image_grid_thw", "video_grid_thw") if grid in example)
-    return {"id": example.pop("sample_id", "?"), "tokens": len(example["input_ids"]),
+    return {"id": example.pop("sample_id", "?"), "index": example.pop("sample_index", None),
+            "tokens": len(example["input_ids"]),
             "visual_tokens": visual}
 
 

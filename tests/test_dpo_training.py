@@ -126,3 +126,78 @@ def test_killed_grpo_run_resumes_to_the_same_losses_and_rollouts(tiny, corpus, t
         return {(r["step"], r["prompt_id"], r["completion_index"]): r["completion"]
                 for r in map(json.loads, (out / "rollouts.jsonl").read_text().splitlines())}
     assert completions(part) == completions(full)
+
+
+def test_precomputed_reference_equals_the_adapters_off_reference(tiny, pairs, tmp_path):
+    """dpo.precompute_reference: one pass before the first step writes every pair's reference
+    log-probs; the steps then give the losses of the per-step adapters-off reference."""
+    base = ("train.max_steps=3", "train.lr=5e-3", f"data.image_root={pairs.parent}")
+    train(config(tiny, pairs, tmp_path / "step", *base))
+    train(config(tiny, pairs, tmp_path / "table", *base, "dpo.precompute_reference=true"))
+    saved = json.loads((tmp_path / "table/reference_logps.json").read_text())
+    n_pairs = len(pairs.read_text().splitlines())
+    assert saved["pairs"] == n_pairs and len(saved["values"]) == n_pairs
+    step, table = metrics(tmp_path / "step"), metrics(tmp_path / "table")
+    for a, b in zip(step, table):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
+    assert abs(table[-1]["loss"] - table[0]["loss"]) > 1e-3  # it trained
+
+
+def test_precomputed_reference_is_read_back_and_recomputed_for_another_corpus(tmp_path, capsys,
+                                                                             monkeypatch):
+    import torch
+
+    from train.distributed import DistInfo
+    from train.objectives import dpo_reference
+
+    class Corpus:
+        def __init__(self, ids):
+            self.ids = ids
+
+        def __len__(self):
+            return len(self.ids)
+
+        def sample_id(self, i):
+            return self.ids[i]
+
+    class Dataset:
+        def __init__(self, ids):
+            self.corpus = Corpus(ids)
+
+        def __len__(self):
+            return len(self.corpus)
+
+    path, calls = tmp_path / dpo_reference.FILE, []
+
+    def compute(dataset, *args):
+        calls.append(len(dataset))
+        return {i: (-1.0 - i, -2.0 - i) for i in range(len(dataset))}
+
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))
+    monkeypatch.setattr(dpo_reference, "compute", compute)  # the pass itself: tested above
+    first = dpo_reference.load_or_compute(path, Dataset(["a", "b"]), None, None, dist, 2, True)
+    again = dpo_reference.load_or_compute(path, Dataset(["a", "b"]), None, None, dist, 2, True)
+    other = dpo_reference.load_or_compute(path, Dataset(["a", "c", "d"]), None, None, dist, 2, True)
+    assert calls == [2, 3]  # the resumed run read the table; another corpus recomputed it
+    assert again.values == first.values and len(other) == 3
+    assert again.logps(torch.tensor([1, 0])).tolist() == [-2.0, -1.0, -3.0, -2.0]
+    assert "belongs to another corpus" in capsys.readouterr().out
+
+
+def test_full_fine_tuning_dpo_under_zero3_with_precomputed_reference(tiny, pairs, tmp_path):
+    """No frozen copy: 2 processes under ZeRO-3 (refused without precompute_reference) log the
+    losses of one process with the frozen-copy reference."""
+    common = ("train.objective=dpo", "data.format=messages", f"data.image_root={pairs.parent}",
+              "train.batch_size=2", "train.max_steps=3", "train.lr=1e-4", "lora.enabled=false",
+              "train.freeze_vision=true", "logging.loss_plot=false")
+    one, z3 = tmp_path / "one", tmp_path / "z3"
+    launch.run_train(tiny["dense"], one, *common, "train.grad_accum=2", data=pairs)
+    launch.run_train(tiny["dense"], z3, *common, "distributed.deepspeed=zero3",
+                     "dpo.precompute_reference=true", data=pairs, nproc=2)
+    assert (z3 / "reference_logps.json").is_file() and not (one / "reference_logps.json").exists()
+    a, b = launch.losses(one), launch.losses(z3)
+    assert a.keys() == b.keys() == {1, 2, 3}
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-4, (s, a[s], b[s])
+    assert a[1] == pytest.approx(math.log(2), abs=1e-6) and abs(a[3] - a[1]) > 1e-6

@@ -216,6 +216,10 @@ class DpoConfig:
                 "(sigmoid only)"})
     sft_weight: float = field(default=0.0, metadata={
         "help": "add this times the chosen replies' NLL (RPO-style anchor), >= 0"})
+    precompute_reference: bool = field(default=False, metadata={
+        "help": "compute every pair's reference log-probs once, before the first step, into "
+                "output_dir/reference_logps.json (read back on resume): no reference forward "
+                "per step, and full fine-tuning needs no frozen copy (so it runs under ZeRO-3)"})
 
     def __post_init__(self):
         if self.beta <= 0:

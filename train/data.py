@@ -56,6 +56,7 @@ class EncodedDataset(torch.utils.data.Dataset):
             example["repaired"] = [self.corpus.bad_record(candidate, reason)
                                    for reason in example.pop(REPAIRS, [])]
             example["sample_id"] = self.corpus.sample_id(candidate)
+            example["sample_index"] = candidate  # the corpus index actually encoded
             return example
         raise DataError(f"{len(skipped)} samples failed to encode in a row from index {index}: "
                         f"{skipped[-1] if skipped else 'no replacement fits the packed row'}")
@@ -159,8 +160,8 @@ def describe_example(example: dict, merge_size: int) -> dict:
     """Id and size of one example, for messages about the batch it lands in (e.g. out of memory)."""
     visual = sum(int(example[grid].prod(-1).sum()) // merge_size ** 2
                  for grid in ("image_grid_thw", "video_grid_thw") if grid in example)
-    return {"id": example.pop("sample_id", "?"), "tokens": len(example["input_ids"]),
-            "visual_tokens": visual}
+    return {"id": example.pop("sample_id", "?"), "index": example.pop("sample_index", None),
+            "tokens": len(example["input_ids"]), "visual_tokens": visual}
 
 
 def make_loader(dataset, sampler: StepBatchSampler, collator: TrainCollator, num_workers: int = 0):

@@ -43,6 +43,7 @@ from train.hooks import TrainHooks
 from train.lora import apply_lora
 from train.modeling import DTYPES, load_model, load_processor
 from train.moe import RouterLosses, load_summary
+from train.objectives import dpo_reference
 from train.objectives.dpo_step import DpoStep, PairCollator, pairs_in, reference_model
 from train.objectives.grpo_step import GrpoStep, append_records
 from train.params import freeze_parts
@@ -179,7 +180,8 @@ def set_up(cfg: Config, dist: DistInfo, claim: run_folder.Claim, hooks: TrainHoo
     engine.model.train()
     return Run(cfg, dist, out, run_config, processor, engine, router, batches, log, bad_file,
                StepFlops(engine.module.config), hooks, start_step,
-               CollapseWatch(cfg.train.collapse_steps), build_objective(cfg, dist, engine, processor))
+               CollapseWatch(cfg.train.collapse_steps),
+               build_objective(cfg, dist, engine, processor, dataset, collator))
 
 
 def resume(cfg: Config, dist: DistInfo, engine, checkpoint: Path | None) -> int:
@@ -268,18 +270,29 @@ def build_model(cfg: Config):
 COLLATORS = {"sft": TrainCollator, "dpo": PairCollator, "grpo": PromptCollator}
 
 
-def build_objective(cfg: Config, dist: DistInfo, engine, processor) -> DpoStep | GrpoStep | None:
+def build_objective(cfg: Config, dist: DistInfo, engine, processor, dataset=None,
+                    collator=None) -> DpoStep | GrpoStep | None:
     """The DPO or GRPO step and its reference (train/objectives/), or None for SFT. The
     reference is the model with its LoRA adapters off, or a frozen copy of the base for full
-    fine-tuning (DPO always, GRPO only with a KL term)."""
+    fine-tuning (DPO without ``precompute_reference``, GRPO only with a KL term); with
+    ``dpo.precompute_reference`` a table of every pair's reference log-probs, computed here
+    before the first update (or read back on resume)."""
     objective = cfg.train.objective
     if objective == "sft":
         return None
+    precomputed = objective == "dpo" and cfg.dpo.precompute_reference
+    if precomputed:
+        table = dpo_reference.load_or_compute(
+            Path(cfg.train.output_dir) / dpo_reference.FILE, dataset, collator,
+            unwrap(engine.module), dist, cfg.train.batch_size, cfg.lora.enabled)
+        return DpoStep(cfg.dpo, table=table)
     needs_copy = not cfg.lora.enabled and (objective == "dpo" or cfg.grpo.kl_coef > 0)
     if needs_copy and engine.zero3:
         raise ValueError(f"full fine-tuning {objective} under ZeRO-3 would need a partitioned "
                          f"frozen reference model, which is not supported yet: use LoRA (its "
-                         f"reference is the model with adapters off) or ZeRO-2")
+                         f"reference is the model with adapters off)"
+                         + (", dpo.precompute_reference=true" if objective == "dpo" else "")
+                         + " or ZeRO-2")
     reference = reference_model(cfg, lambda: load_model(
         cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
         experts_implementation=cfg.model.experts_implementation).to(dist.device)) \

@@ -32,7 +32,8 @@ from train.objectives.logprobs import (
     token_logps_chunked,
 )
 
-NOT_MODEL_INPUTS = ("labels", "sequence_ids")  # sequence_ids: data.preference.SEQUENCE_IDS
+# sequence_ids: data.preference.SEQUENCE_IDS; pair_index: dpo_reference.PAIR_INDEX
+NOT_MODEL_INPUTS = ("labels", "sequence_ids", "pair_index")
 
 LOSS_TYPES = ("sigmoid", "ipo")
 

@@ -9,6 +9,8 @@ row) and asks ``DpoStep`` for each micro-batch's loss:
   on the 2B rows, summed per reply;
 - reference log-probs: the same model with its LoRA adapters disabled (no second copy), or, for
   full fine-tuning, a frozen copy of the base loaded once (``reference_model``), under no_grad;
+  or, with ``dpo.precompute_reference``, looked up in a table computed once before the first
+  step (``dpo_reference.py``: no reference forward during training, no copy);
 - ``dpo_loss`` over the pairs, scaled so that what reaches ``backward`` is the mean over every
   pair of the global batch however it is split into micro-batches and ranks (the same
   convention as the SFT token mean: DDP / ZeRO average gradients over ranks).
@@ -21,6 +23,7 @@ import torch
 from data.encode import REPAIRS  # noqa: F401  (examples carry it; the dataset pops it)
 from data.preference import SEQUENCE_IDS, collate_packed_pairs, collate_pairs, split_sides
 from train.objectives.dpo import NOT_MODEL_INPUTS, dpo_loss, reference_logps, split_pairs
+from train.objectives.dpo_reference import PAIR_INDEX, ReferenceTable
 from train.objectives.logprobs import sequence_counts, sequence_logps, token_logps
 
 # metrics.jsonl keys: the stats dpo_loss returns, averaged over a step's micro-batches
@@ -42,6 +45,8 @@ class PairCollator:
         batch = (collate_packed_pairs(examples, self.merge_size) if self.packing
                  else collate_pairs(examples, self.pad_token_id))
         batch.update(skipped=skipped, repaired=repaired, samples=described)
+        if all(d["index"] is not None for d in described):  # the key of precomputed references
+            batch[PAIR_INDEX] = torch.tensor([d["index"] for d in described], dtype=torch.long)
         return batch
 
 
@@ -50,7 +55,7 @@ def describe_pair(example: dict, merge_size: int) -> dict:
     chosen, rejected = split_sides(example)
     visual = sum(int(side[grid].prod(-1).sum()) // merge_size ** 2 for side in (chosen, rejected)
                  for grid in ("image_grid_thw", "video_grid_thw") if grid in side)
-    return {"id": example.pop("sample_id", "?"),
+    return {"id": example.pop("sample_id", "?"), "index": example.pop("sample_index", None),
             "tokens": len(chosen["input_ids"]) + len(rejected["input_ids"]),
             "visual_tokens": visual}
 
@@ -63,11 +68,14 @@ def pairs_in(batch: dict) -> int:
 
 
 class DpoStep:
-    """The DPO loss of one micro-batch. ``reference``: a frozen model for full fine-tuning, or
-    None (the policy is a peft model; its adapters are disabled for the reference)."""
+    """The DPO loss of one micro-batch. The reference log-probs come from ``table`` when given
+    (``dpo.precompute_reference``: looked up by the batch's ``PAIR_INDEX``), else from
+    ``reference``, a frozen model for full fine-tuning, else from the policy (a peft model) with
+    its adapters disabled."""
 
-    def __init__(self, dpo_cfg, reference: torch.nn.Module | None = None):
-        self.cfg, self.reference = dpo_cfg, reference
+    def __init__(self, dpo_cfg, reference: torch.nn.Module | None = None,
+                 table: ReferenceTable | None = None):
+        self.cfg, self.reference, self.table = dpo_cfg, reference, table
 
     def policy_logps(self, forward, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sequence reply log-prob sums, reply token counts) under the policy, through
@@ -79,6 +87,8 @@ class DpoStep:
 
     @torch.no_grad()
     def reference_logps(self, policy: torch.nn.Module, batch: dict) -> torch.Tensor:
+        if self.table is not None:
+            return self.table.logps(batch[PAIR_INDEX])
         if self.reference is None:
             return reference_logps(policy, batch)
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
