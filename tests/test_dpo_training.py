@@ -185,15 +185,23 @@ def test_precomputed_reference_is_read_back_and_recomputed_for_another_corpus(tm
     assert "belongs to another corpus" in capsys.readouterr().out
 
 
-def test_full_fine_tuning_dpo_under_zero3_with_precomputed_reference(tiny, pairs, tmp_path):
-    """No frozen copy: 2 processes under ZeRO-3 (refused without precompute_reference) log the
-    losses of one process with the frozen-copy reference."""
+@pytest.mark.parametrize("model, extra", [
+    ("dense", ()),
+    # AutoEP needs trainable experts: full fine-tuning, 4 of 8 experts per rank
+    ("moe", ("distributed.expert_parallel=2", "moe.aux_loss_coef=0.01", "moe.log_expert_load=false")),
+])
+def test_full_fine_tuning_dpo_under_zero3_with_precomputed_reference(tiny, pairs, tmp_path,
+                                                                     model, extra):
+    """No frozen copy: 2 processes under ZeRO-3 (refused without precompute_reference), with
+    expert parallelism for the MoE, log the losses of one process with the frozen-copy
+    reference."""
     common = ("train.objective=dpo", "data.format=messages", f"data.image_root={pairs.parent}",
               "train.batch_size=2", "train.max_steps=3", "train.lr=1e-4", "lora.enabled=false",
-              "train.freeze_vision=true", "logging.loss_plot=false")
+              "train.freeze_vision=true", "logging.loss_plot=false",
+              *(e for e in extra if e.startswith("moe.")))
     one, z3 = tmp_path / "one", tmp_path / "z3"
-    launch.run_train(tiny["dense"], one, *common, "train.grad_accum=2", data=pairs)
-    launch.run_train(tiny["dense"], z3, *common, "distributed.deepspeed=zero3",
+    launch.run_train(tiny[model], one, *common, "train.grad_accum=2", data=pairs)
+    launch.run_train(tiny[model], z3, *common, "distributed.deepspeed=zero3", *extra,
                      "dpo.precompute_reference=true", data=pairs, nproc=2)
     assert (z3 / "reference_logps.json").is_file() and not (one / "reference_logps.json").exists()
     a, b = launch.losses(one), launch.losses(z3)
