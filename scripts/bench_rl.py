@@ -14,6 +14,12 @@
                                eval split (dpo_reward_accuracy_heldout). Before training the LoRA
                                policy equals its reference: every reward is 0, no pair is won
   dpo_seconds                  the DPO run's wall time
+  dpo_precomputed_reference_loss_max_abs_diff
+                               the same run with dpo.precompute_reference=true: its largest loss
+                               difference from the per-step (adapters-off) reference, per step
+  dpo_precomputed_reference_speedup
+                               the per-step reference run's wall time / the precomputed run's
+                               (its up-front pass included)
 
   grpo_reward_before           mean reward of sampled completions (group of 4, fixed seeds) on
   grpo_reward_after            held-out prompts before and after `python -m train` with
@@ -52,6 +58,7 @@ Run with no arguments (about four minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -156,24 +163,34 @@ def dpo_figures(work: Path, steps: int, pairs_n: int) -> dict:
     few.write_text("".join(train_pairs.read_text().splitlines(keepends=True)[:pairs_n]))
     heldout = write_pairs(corpus["eval"], corpus["eval"].parent / "eval_pairs.jsonl")
     beta = 0.1
-    out = work / "dpo"
-    cfg = load_config(Config, TRAIN_CONFIG, [
-        f"model.path={model}", f"data.train={few}", "data.format=messages",
-        f"data.image_root={corpus['train'].parent}", f"train.output_dir={out}",
-        "train.objective=dpo", f"dpo.beta={beta}", f"train.max_steps={steps}",
-        "train.batch_size=4", "train.lr=2e-3", "train.lr_schedule=constant",
-        "train.warmup_steps=0", "train.log_every=4", "train.progress=false",
-        "logging.loss_plot=false"])
-    t0 = time.perf_counter()
-    train(cfg)
-    seconds = time.perf_counter() - t0
+
+    def run(out: Path, *extra: str) -> float:
+        cfg = load_config(Config, TRAIN_CONFIG, [
+            f"model.path={model}", f"data.train={few}", "data.format=messages",
+            f"data.image_root={corpus['train'].parent}", f"train.output_dir={out}",
+            "train.objective=dpo", f"dpo.beta={beta}", f"train.max_steps={steps}",
+            "train.batch_size=4", "train.lr=2e-3", "train.lr_schedule=constant",
+            "train.warmup_steps=0", "train.log_every=1", "train.progress=false",
+            "logging.loss_plot=false", *extra])
+        t0 = time.perf_counter()
+        train(cfg)
+        return time.perf_counter() - t0
+
+    out, table = work / "dpo", work / "dpo-precomputed"
+    seconds = run(out)
+    # The same run with the reference log-probs computed once up front (the pass included).
+    table_seconds = run(table, "dpo.precompute_reference=true")
+    losses = [[json.loads(line)["loss"] for line in (o / "metrics.jsonl").read_text().splitlines()]
+              for o in (out, table)]
     root = corpus["train"].parent
     return {
         "dpo_reward_accuracy_before": reward_accuracy(model, None, few, root, beta),
         "dpo_reward_accuracy_after": reward_accuracy(model, out / "final", few, root, beta),
         "dpo_reward_accuracy_heldout": reward_accuracy(model, out / "final", heldout,
                                                        corpus["eval"].parent, beta),
-        "dpo_pairs": pairs_n, "dpo_steps": steps, "dpo_seconds": round(seconds, 1)}
+        "dpo_pairs": pairs_n, "dpo_steps": steps, "dpo_seconds": round(seconds, 1),
+        "dpo_precomputed_reference_loss_max_abs_diff": max(abs(a - b) for a, b in zip(*losses)),
+        "dpo_precomputed_reference_speedup": seconds / table_seconds}
 
 
 def heldout_reward(model_dir: Path, adapter: Path | None, data: Path, cfg, seed: int) -> float:
