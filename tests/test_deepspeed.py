@@ -121,3 +121,26 @@ def test_zero3_moe_expert_lora_with_gradient_checkpointing_equals_without(tiny, 
 
     adapter = load_file(str(tmp_path / "gc/final/adapter_model.safetensors"))
     assert any("experts" in k for k in adapter) and all(v.numel() for v in adapter.values())
+
+
+def test_zero3_lora_moe_expert_parallel_sigkill_resume_and_export(tiny, mixed, tmp_path):
+    """LoRA on attention leaves AutoEP's experts frozen, which DeepSpeed 0.19.8 cannot put in a
+    ZeRO-3 checkpoint: the engine keeps the trainable state only and the resume reloads the frozen
+    experts from the base. Killed at step 3, resumed from checkpoint-2: the no-EP run's losses."""
+    plain, ep = tmp_path / "plain", tmp_path / "ep"
+    common = ["distributed.deepspeed=zero3", "lora.targets=[llm_attn]", "lora.modules_to_save=[lm_head]"]
+    launch(tiny["moe"], mixed, plain, *common)
+    ep_run = [*common, "distributed.expert_parallel=2", "train.save_every=2"]
+    proc = launch(tiny["moe"], mixed, ep, *ep_run, faults=("--kill-at-step", "3"), check=False)
+    assert proc.returncode != 0 and (ep / "checkpoint-2/deepspeed").is_dir()
+    assert not (ep / "checkpoint-4").exists()
+    launch(tiny["moe"], mixed, ep, *ep_run, "train.resume=auto")  # steps 3 and 4: Adam state too
+    assert_same_losses(losses(plain), losses(ep))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(plain / "final/adapter_model.safetensors")), load_file(str(ep / "final/adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    from train.export import export
+
+    assert export(ep / "checkpoint-4", tmp_path / "export") < 1e-4  # logits of base + adapter
+    assert_reloads_complete(tmp_path / "export")

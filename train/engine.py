@@ -35,6 +35,8 @@ from train.layout import DEEPSPEED, OPTIMIZER
 from train.loss import LossHead
 from train.safeload import load_file
 
+# Under deepspeed/: the per-rank trainable state of a ZeRO-3 run with frozen AutoEP experts.
+TRAINABLE_STATE = "trainable_state"
 # The shipped DeepSpeed configs (package data, so a non-editable install has them too).
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parent / "deepspeed_configs"
 # train.lr_schedule -> transformers.get_scheduler's name (all warm up linearly first).
@@ -287,6 +289,13 @@ class DeepSpeedEngine(Engine):
             optimizer=None if "optimizer" in ds_config else client_optimizer,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.train, gate=self.gate), config=ds_config)
         self.module = self.model.module
+        # AutoEP experts that do not train (LoRA): DeepSpeed's save_checkpoint refuses them under
+        # ZeRO-3, so save/load keep the trainable state only (train/expert_parallel.py).
+        self.frozen_experts = []
+        if ds_config.get("expert_parallel", {}).get("enabled"):
+            from train.expert_parallel import autoep_frozen_experts
+
+            self.frozen_experts = autoep_frozen_experts(self.module)
 
     @property
     def can_skip(self) -> bool:
@@ -331,13 +340,68 @@ class DeepSpeedEngine(Engine):
         return norm, applied
 
     def save(self, folder: Path) -> None:
+        if self.frozen_experts:
+            return self._save_trainable_state(folder / DEEPSPEED)
         self.model.save_checkpoint(str(folder / DEEPSPEED), tag="state")
 
     def load(self, folder: Path) -> None:
+        if self.frozen_experts:
+            return self._load_trainable_state(folder / DEEPSPEED)
         path, _ = self.model.load_checkpoint(str(folder / DEEPSPEED), tag="state",
                                              load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{folder / DEEPSPEED}: no DeepSpeed state to resume from")
+
+    # DeepSpeed's step counters, restored as its load_checkpoint restores them.
+    COUNTERS = ("global_steps", "global_samples", "skipped_steps")
+
+    def _trainable_state_file(self, ds_dir: Path) -> Path:
+        return ds_dir / TRAINABLE_STATE / f"rank{self.dist.rank:05d}_of_{self.dist.world_size:05d}.pt"
+
+    def _save_trainable_state(self, ds_dir: Path) -> None:
+        """Under ZeRO-3 with frozen AutoEP experts: this rank's ZeRO-3 optimizer state (the fp32
+        master partitions of every trainable parameter, the AdamW moments, the loss scaler), the
+        schedule and DeepSpeed's step counters, as DeepSpeed's own ``*_optim_states.pt`` /
+        ``*_model_states.pt`` hold them, without the frozen weights (the base's; a resume
+        rebuilds them from ``model.path``). The gathered adapter is written beside it (model/)."""
+        optimizer = self.model.optimizer
+        optimizer.checkpoint_event_prologue()  # every parameter partitioned, as DeepSpeed does
+        try:
+            state = {"optimizer": optimizer.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
+                     "world_size": self.dist.world_size,
+                     **{k: getattr(self.model, k) for k in self.COUNTERS}}
+            path = self._trainable_state_file(ds_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, path)
+        finally:
+            optimizer.checkpoint_event_epilogue()
+
+    def _load_trainable_state(self, ds_dir: Path) -> None:
+        path = self._trainable_state_file(ds_dir)
+        if not path.is_file():
+            found = sorted(p.name for p in (ds_dir / TRAINABLE_STATE).glob("*.pt"))
+            what = (f"it was written by {len(found)} processes ({found[0]} ...)" if found else
+                    "it holds no trainable state (a checkpoint of a run without frozen experts "
+                    "under expert parallelism?)")
+            raise FileNotFoundError(f"{ds_dir}: no {path.relative_to(ds_dir)} for rank "
+                                    f"{self.dist.rank} of {self.dist.world_size}; {what}. Resume "
+                                    f"with the process count and parallelism it was trained with")
+        state = load_file(path)  # weights_only plus DeepSpeed's plain loss-scale classes
+        optimizer = self.model.optimizer
+        import deepspeed.comm as ds_comm
+
+        ranks = ds_comm.get_world_size(group=optimizer.dp_process_group)
+        own = ds_comm.get_rank(group=optimizer.dp_process_group)
+        optimizer.checkpoint_event_prologue()
+        try:
+            # Copies the fp32 masters into the partitions the model computes with.
+            optimizer.load_state_dict([state["optimizer"] if r == own else None for r in range(ranks)],
+                                      load_optimizer_states=True, load_from_fp32_weights=True)
+        finally:
+            optimizer.checkpoint_event_epilogue()
+        self.scheduler.load_state_dict(state["lr_scheduler"])
+        for key in self.COUNTERS:
+            setattr(self.model, key, state[key])
 
     def save_weights(self, folder: Path) -> bool:
         """Under ZeRO-3 every rank holds a shard: an adapter is gathered (collectively) and

@@ -8,6 +8,17 @@ routing keys in ``text_config``. A preset is the module map AutoEP needs (Qwen3-
 ``train.qwen3_vl.state_dict.AUTOEP_PRESET``), written into the ``expert_parallel`` section of
 the DeepSpeed config with DeepSpeed's own custom-pattern keys, so nothing inside DeepSpeed is
 patched. A user picks one by name (``distributed.ep_preset``).
+
+Frozen experts (LoRA on attention, or ``train.freeze_llm``): DeepSpeed 0.19.8's AutoEP ZeRO-3
+checkpoint (``save_checkpoint`` -> ``_save_moe_checkpoint``) stores expert weights only through
+the optimizer's shards and raises on a frozen expert, whatever ``exclude_frozen_parameters``
+says. Frozen weights never change, so such a run keeps only what trains: the engine writes the
+ZeRO-3 optimizer's own state (fp32 master partitions of the trainable parameters, Adam moments),
+the schedule and DeepSpeed's step counters per rank (``DeepSpeedEngine.save``), and a resume
+rebuilds the frozen base (experts included) from ``model.path`` before loading that state. The
+trained weights leave the run as the gathered adapter (``model/``, ``final/``), which export
+merges into the base. Full fine-tuning with frozen experts (``train.freeze_llm`` without LoRA)
+stays refused: its weights leave the run only through DeepSpeed's shards.
 """
 
 from __future__ import annotations
@@ -61,21 +72,34 @@ def check_expert_parallel(model, model_config, preset: str, ep_size: int, world_
         raise ValueError(f"distributed.ep_preset={preset!r} finds no MoE block in "
                          f"{type(model).__name__} (pattern {pattern.pattern}); use a preset that "
                          f"matches this model or distributed.expert_parallel=1")
+    expert_lora = [n for n, _ in model.named_parameters()
+                   if n.startswith(_prefixes(blocks, EP_PRESETS[preset]["expert_pattern"])) and "lora_" in n]
+    if expert_lora:
+        raise ValueError(f"distributed.expert_parallel={ep_size} with LoRA on the experts (e.g. "
+                         f"{expert_lora[0]}): AutoEP replaces each MoE block by its own grouped "
+                         f"experts, which peft's adapters cannot follow. Drop 'experts' from "
+                         f"lora.targets (attention adapters train with frozen experts under expert "
+                         f"parallelism) or set distributed.expert_parallel=1")
     frozen = frozen_experts(model, blocks, EP_PRESETS[preset]["expert_pattern"])
-    if frozen:
-        raise ValueError(f"distributed.expert_parallel={ep_size} with frozen experts (e.g. "
-                         f"{frozen[0]}; LoRA freezes the base, as does train.freeze_llm): "
-                         f"DeepSpeed 0.19.8's AutoEP cannot write a ZeRO-3 checkpoint holding "
-                         f"frozen experts, so the run would fail at its first save. Fine-tune "
-                         f"the experts in full (lora.enabled=false, train.freeze_llm=false) or set "
-                         f"distributed.expert_parallel=1")
+    if frozen and not hasattr(model, "peft_config"):
+        raise ValueError(f"distributed.expert_parallel={ep_size} with frozen experts in a full "
+                         f"fine-tune (e.g. {frozen[0]}; train.freeze_llm freezes them): its "
+                         f"weights leave the run only through DeepSpeed's ZeRO-3 shards, and "
+                         f"DeepSpeed 0.19.8's AutoEP cannot write frozen experts into them. Train "
+                         f"with LoRA instead (lora.enabled=true: the adapter holds every trained "
+                         f"weight and the frozen experts are reloaded from model.path), train the "
+                         f"experts (train.freeze_llm=false) or set distributed.expert_parallel=1")
+
+
+def _prefixes(blocks: list[str], expert_attr: str) -> tuple[str, ...]:
+    return tuple(f"{b}.{expert_attr}." for b in blocks)
 
 
 def frozen_experts(model, blocks: list[str], expert_attr: str) -> list[str]:
     """Names of the expert parameters of ``blocks`` that do not train. AutoEP's ZeRO-3 checkpoint
     stores expert weights from the optimizer's shards, which hold trainable ones only (DeepSpeed
     0.19.8 ``_save_moe_checkpoint`` raises on a frozen one)."""
-    prefixes = tuple(f"{b}.{expert_attr}." for b in blocks)
+    prefixes = _prefixes(blocks, expert_attr)
     names = [n for n, p in model.named_parameters() if not p.requires_grad]
     return [n for n in names if n.startswith(prefixes)]
 
@@ -88,3 +112,15 @@ def local_expert_count(model) -> dict[str, int]:
         if isinstance(n, int):
             counts[name] = n
     return counts
+
+
+def autoep_frozen_experts(model) -> list[str]:
+    """Frozen expert parameters of the AutoEP layers in ``model`` (after ``deepspeed.initialize``):
+    what DeepSpeed 0.19.8's ``save_checkpoint`` refuses under ZeRO-3."""
+    try:
+        from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
+    except ImportError:
+        return []
+    return [f"{name}.experts.{w}" for name, module in model.named_modules()
+            if isinstance(module, AutoEPMoELayer)
+            for w, p in module.experts.named_parameters(recurse=False) if not p.requires_grad]
