@@ -118,3 +118,20 @@ def test_expert_parallel_with_frozen_experts_fails_at_start(tiny, corpus):
     with pytest.raises(ValueError, match="frozen experts in a full fine-tune .*lora.enabled=true"
                                          ".* distributed.expert_parallel=1"):
         check("lora.enabled=false", "train.freeze_llm=true")
+
+
+def test_grpo_full_fine_tuning_kl_under_zero3_uses_a_partitioned_reference(tiny, corpus, tmp_path):
+    """Full fine-tuning with a KL term: the frozen reference is partitioned like the policy
+    (train/objectives/reference.py); 2 processes under ZeRO-3 draw the one-process run's
+    completions (whose reference is a plain copy) and log its loss and KL."""
+    kl = (*GRPO, "lora.enabled=false", "train.freeze_vision=true", "train.lr=1e-3",
+          "grpo.kl_coef=0.1")
+    one = _run(tiny["dense"], corpus["train"], tmp_path / "one", 1, *kl)
+    z3 = _run(tiny["dense"], corpus["train"], tmp_path / "z3", 2, *kl, "distributed.deepspeed=zero3")
+    assert one.keys() == z3.keys() == {1, 2, 3}
+    assert _rollouts(tmp_path / "z3") == _rollouts(tmp_path / "one")
+    for s in one:
+        assert abs(one[s]["loss"] - z3[s]["loss"]) <= 1e-4, (s, one[s]["loss"], z3[s]["loss"])
+        assert abs(one[s]["kl"] - z3[s]["kl"]) <= 1e-5 + 1e-4 * abs(one[s]["kl"]), s
+    assert one[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference before any update
+    assert one[3]["kl"] > 1e-7  # the policy moved away from its reference

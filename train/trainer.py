@@ -46,6 +46,7 @@ from train.moe import RouterLosses, load_summary
 from train.objectives import dpo_reference
 from train.objectives.dpo_step import DpoStep, PairCollator, pairs_in, reference_model
 from train.objectives.grpo_step import GrpoStep, append_records
+from train.objectives.reference import partitioned_reference
 from train.params import freeze_parts
 from train.progress import ProgressLog
 from train.trackers import check_trackers
@@ -287,16 +288,15 @@ def build_objective(cfg: Config, dist: DistInfo, engine, processor, dataset=None
             unwrap(engine.module), dist, cfg.train.batch_size, cfg.lora.enabled)
         return DpoStep(cfg.dpo, table=table)
     needs_copy = not cfg.lora.enabled and (objective == "dpo" or cfg.grpo.kl_coef > 0)
-    if needs_copy and engine.zero3:
-        raise ValueError(f"full fine-tuning {objective} under ZeRO-3 would need a partitioned "
-                         f"frozen reference model, which is not supported yet: use LoRA (its "
-                         f"reference is the model with adapters off)"
-                         + (", dpo.precompute_reference=true" if objective == "dpo" else "")
-                         + " or ZeRO-2")
-    reference = reference_model(cfg, lambda: load_model(
-        cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
-        experts_implementation=cfg.model.experts_implementation).to(dist.device)) \
-        if needs_copy else None
+
+    def load_base():
+        return load_model(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+                          experts_implementation=cfg.model.experts_implementation)
+
+    if needs_copy and engine.zero3:  # a copy per rank would undo ZeRO-3: partition it too
+        reference = partitioned_reference(load_base, engine.ds_config, engine.hf_ds_config)
+    else:
+        reference = reference_model(cfg, lambda: load_base().to(dist.device)) if needs_copy else None
     if objective == "dpo":
         return DpoStep(cfg.dpo, reference)
     return GrpoStep(cfg.grpo, processor, reference,
