@@ -143,8 +143,8 @@ def generate(out_dir: str | Path, train_per_task: int = 1000, eval_per_task: int
     demo's three, ``TASKS``)."""
     unknown = sorted(set(tasks) - set(MAKERS))
     if unknown or not tasks:
-        raise ValueError(f"unknown synthetic task(s) {unknown or tasks}; choose from "
-                         f"{', '.join(MAKERS)}")
+        raise ValueError(f"{'unknown synthetic task(s) ' + str(unknown) if unknown else 'no task named'}"
+                         f"; choose from {', '.join(MAKERS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return {"train": write_split(out_dir, "train", train_per_task, seed, tuple(tasks)),
