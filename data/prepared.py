@@ -8,7 +8,9 @@ The folder holds:
   ``attention_mask``, ``mm_token_type_ids``, ``labels``, ``pixel_values`` / ``image_grid_thw``
   (and the video pair), ``fields`` (which of those the sample has), ``length`` (tokens),
   ``id``, ``source`` (the source's name), ``file`` and ``index`` (record in the source file).
-  Rows come source by source, in config order;
+  Images' ``pixel_values`` are kept as the uint8 pixels they were normalised from
+  (``image_pixels``, see ``ImagePixels``: an eighth of the bytes) wherever that gives back the
+  exact floats. Rows come source by source, in config order;
 - ``bad_samples.jsonl``: samples that could not be read, planned, fitted to the budget
   (``stage: read``) or encoded (``stage: encode``), in the schema of ``data.samples``;
 - ``manifest.json``: the data config, the processor path and a hash of its files, a stamp of
@@ -23,20 +25,23 @@ The folder holds:
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from data.config import DataConfig, SourceConfig
 from data.mixture import Mixture
 from data.samples import BadSample, DataError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SEQUENCE_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
 VISUAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 META_COLUMNS = ("id", "source", "file", "index")
@@ -66,7 +71,71 @@ def features(processor):
     columns["image_grid_thw"] = Array2D((None, 3), "int64")
     columns["pixel_values_videos"] = Array2D((None, patch_width(processor.video_processor)), "float32")
     columns["video_grid_thw"] = Array2D((None, 3), "int64")
+    columns["image_pixels"] = Array2D((None, ImagePixels.of(processor).width), "uint8")
     return Features(columns)
+
+
+@dataclass(frozen=True)
+class ImagePixels:
+    """Images' ``pixel_values`` stored as the uint8 pixels they came from. The processor turns
+    each image patch into float32 ``(pixel * rescale - mean) / std`` values, repeated over the
+    temporal patch (an image is one frame shown twice): 8 bytes kept per pixel byte, 24 KB per
+    visual token, terabytes for a large corpus. ``pack`` inverts that and keeps the uint8 patch
+    only if ``unpack`` gives back exactly the same floats (an image processor with other
+    arithmetic keeps its floats, just bigger); ``unpack`` redoes the processor's fused float32
+    normalisation."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rescale: float
+    temporal: int
+    patch: int
+
+    @classmethod
+    def of(cls, processor) -> "ImagePixels":
+        ip = processor.image_processor
+        return cls(tuple(ip.image_mean), tuple(ip.image_std), float(ip.rescale_factor),
+                   int(ip.temporal_patch_size), int(ip.patch_size))
+
+    @property
+    def width(self) -> int:
+        """uint8 values per patch (one frame of channels x patch x patch)."""
+        return len(self.mean) * self.patch ** 2
+
+    def _scaled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # The image processor's fused rescale + normalise, in its float32 arithmetic.
+        shape = (1, len(self.mean), 1, 1)
+        return ((torch.tensor(self.mean) * (1.0 / self.rescale)).view(shape),
+                (torch.tensor(self.std) * (1.0 / self.rescale)).view(shape))
+
+    def unpack(self, pixels: np.ndarray) -> torch.Tensor:
+        """(patches, width) uint8 -> the processor's (patches, width x temporal) float32."""
+        mean, std = self._scaled()
+        x = torch.from_numpy(pixels).view(len(pixels), len(self.mean), 1, -1).to(torch.float32)
+        x = (x - mean) / std
+        return x.expand(-1, -1, self.temporal, -1).reshape(len(pixels), -1)
+
+    def pack(self, values: torch.Tensor) -> np.ndarray | None:
+        """uint8 patches that ``unpack`` to exactly ``values``, or None (keep the floats)."""
+        n, channels = len(values), len(self.mean)
+        if values.dtype != torch.float32 or values.shape[-1] != self.width * self.temporal:
+            return None
+        frames = values.view(n, channels, self.temporal, -1)
+        if not bool((frames == frames[:, :, :1]).all()):
+            return None  # the frames differ: not one image repeated
+        mean, std = self._scaled()
+        pixels = torch.round(frames[:, :, :1].double() * std.double() + mean.double())
+        if pixels.numel() and (pixels.min() < 0 or pixels.max() > 255):
+            return None
+        packed = pixels.to(torch.uint8).reshape(n, -1).numpy()
+        return packed if torch.equal(self.unpack(packed), values) else None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ImagePixels":
+        return cls(tuple(d["mean"]), tuple(d["std"]), d["rescale"], d["temporal"], d["patch"])
 
 
 # --- Staleness -------------------------------------------------------------------------------
@@ -128,6 +197,19 @@ def stale_reasons(out_dir: str | Path, cfg: DataConfig, processor_path: str) -> 
 
 # --- Reading ---------------------------------------------------------------------------------
 
+def _values(column) -> np.ndarray:
+    """The one cell of a one-row Arrow column as a writable numpy array: a sequence as 1-D, an
+    ``Array2D`` (rows x width) as 2-D."""
+    cell = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(cell.type, pa.ExtensionType):
+        flat = cell.storage.flatten().flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(-1, cell.type.shape[-1]).copy()
+    values = cell.flatten()
+    if pa.types.is_string(values.type):
+        return np.array(values.to_pylist(), dtype=object)
+    return values.to_numpy(zero_copy_only=False).copy()
+
+
 class PreparedDataset(torch.utils.data.Dataset):
     """A prepared cache read back: item ``i`` is the dict ``SampleEncoder.encode`` returned for
     that sample. Given ``cfg`` and ``processor_path``, a stale cache raises ``StaleCacheError``;
@@ -143,7 +225,16 @@ class PreparedDataset(torch.utils.data.Dataset):
             if reasons:
                 raise StaleCacheError(f"prepared data in {out_dir} is stale: {'; '.join(reasons)}. "
                                       "Run python -m data prepare again.")
-        self.dataset = datasets.load_from_disk(str(self.out_dir / "dataset")).with_format("numpy")
+        self.dataset = datasets.load_from_disk(str(self.out_dir / "dataset"))
+        # Rows are read straight from the Arrow table: the `datasets` row formatter
+        # deserialises every column of every row (several ms a row, slower than encoding).
+        self.table = self.dataset.data.table
+        manifest = json.loads((self.out_dir / "manifest.json").read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise StaleCacheError(f"prepared data in {out_dir} has format "
+                                  f"{manifest.get('format_version')}, not {FORMAT_VERSION}: run "
+                                  "python -m data prepare again")
+        self.image_pixels = ImagePixels.from_json(manifest["image_pixels"])
         self.sources = cfg.source_configs() if cfg is not None else []
         self._names: list[str] | None = None
 
@@ -151,12 +242,18 @@ class PreparedDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.dataset[int(i)]
-        return {name: torch.from_numpy(np.ascontiguousarray(row[name])) for name in row["fields"]}
+        row = self.table.slice(int(i), 1)
+        item = {}
+        for name in _values(row.column("fields")).tolist():
+            if name == "pixel_values" and row.column("image_pixels").null_count == 0:
+                item[name] = self.image_pixels.unpack(_values(row.column("image_pixels")))
+            else:
+                item[name] = torch.from_numpy(_values(row.column(name)))
+        return item
 
     def info(self, i: int) -> dict:
         """Where item ``i`` came from: sample id, source name, file and record index."""
-        row = self.dataset.select_columns(list(META_COLUMNS))[int(i)]
+        row = self.table.select(list(META_COLUMNS)).slice(int(i), 1).to_pylist()[0]
         return {"id": str(row["id"]), "source": str(row["source"]), "file": str(row["file"]),
                 "index": int(row["index"])}
 

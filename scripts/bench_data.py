@@ -10,6 +10,10 @@
                                       real mp4/mkv/webm clips of random size, rate and length)
   planner_samples_per_s               planning whole samples from image headers (no decoding)
   encode_samples_per_s                full encoding (decode, resize, tokenise, labels) on 1 core
+  prepared_read_samples_per_s         the same samples read back from a prepared cache
+                                      (python -m data prepare, data.prepared): what a training
+                                      run gets per item; prepared_read_vs_encode_speedup: the
+                                      ratio to encode_samples_per_s
   hf_processor_samples_per_s          the plain HF path on the same samples and core:
                                       processor.apply_chat_template(tokenize=True) with image
                                       paths in the messages (hf_processor_identical: same ids,
@@ -153,6 +157,26 @@ def hf_processor_rate(processor, encoder, samples) -> tuple[float, bool]:
     return rate, identical
 
 
+def prepared_read_rate(processor, train: Path, budget: VisionBudget) -> float:
+    """Samples/s of PreparedDataset items (tensors and sample id, as training reads them) from
+    a cache of ``train`` prepared at ``budget``; the cache is checked against the encoder."""
+    from data.config import DataConfig
+    from data.prepared import PreparedDataset
+    from data.tools.prepare import run as prepare
+
+    out = Path(tempfile.mkdtemp(prefix="bench_prepared-"))
+    cfg = DataConfig(train=str(train), vision=budget)
+    prepare(cfg, processor, "", out, progress=False)
+    cache = PreparedDataset(out)
+    encoder, samples = SampleEncoder(processor, budget), load_llava_json(train)
+    first = encoder.encode(samples[0])
+    assert all(torch.equal(first[k], v) for k, v in cache[0].items()), "cache != encoder"
+    t0 = time.perf_counter()
+    for i in range(len(cache)):
+        cache[i], cache.sample_id(i)
+    return len(cache) / (time.perf_counter() - t0)
+
+
 def write_mixed_corpus(root: Path, n: int, seed: int) -> Path:
     """``n`` LLaVA samples mixing text-only, 1-3 images of random sizes (a pool of 40 files)
     and short to long turns: a corpus whose lengths vary like a real SFT mixture."""
@@ -281,6 +305,9 @@ def main() -> None:
     print(f"video_planner_sample_mismatches={video_sample_mismatches}")
     print(f"planner_samples_per_s={plan_rate:.1f}")
     print(f"encode_samples_per_s={encode_rate:.1f}")
+    read_rate = prepared_read_rate(processor, corpus["train"], budget)
+    print(f"prepared_read_samples_per_s={read_rate:.1f}")
+    print(f"prepared_read_vs_encode_speedup={read_rate / encode_rate:.1f}")
     hf_rate, identical = hf_processor_rate(processor, encoder, samples)
     print(f"hf_processor_samples_per_s={hf_rate:.1f}")
     print(f"hf_processor_identical={int(identical)}")

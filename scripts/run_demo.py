@@ -1,6 +1,7 @@
 """The main job on the embedded default, end to end on CPU (what `make demo` runs).
 
-synthetic corpus -> tiny Qwen3-VL checkpoints -> LoRA fine-tune -> eval of base and fine-tuned
+synthetic corpus -> tiny Qwen3-VL checkpoints -> the corpus encoded once (``python -m data
+prepare``) -> LoRA fine-tune -> eval of base and fine-tuned
 -> leaderboard at OUT/leaderboard.{md,json,html,png}; exits 1 unless the fine-tune beats the base on
 every task. Each step is the public entry point a user would run; extra key=value arguments go
 to the training config (e.g. train.max_steps=200 for a quicker look).
@@ -66,8 +67,12 @@ def main() -> int:
     if not (args.rl and (train / "final").is_dir()):
         step("corpus", [py, "-m", "data", "synth", "--out", str(data)])
         step("tiny models", [py, "scripts/make_tiny_models.py", "--out", str(models)])
-        step("fine-tune", [py, "-m", "train", "configs/demo/train_lora.yaml",
-                           f"model.path={dense}", f"data.train={data / 'train.json'}",
+        config = ["configs/demo/train_lora.yaml", f"model.path={dense}",
+                  f"data.train={data / 'train.json'}"]
+        # The run sees each sample 16 times: encoded once here, read back at every epoch.
+        step("prepare", [py, "-m", "data", "prepare", "--out", str(data / "prepared"),
+                         "--no-progress", *config, *args.train_overrides])
+        step("fine-tune", [py, "-m", "train", *config, f"data.prepared={data / 'prepared'}",
                            # The demo is meant to be run again: its previous run is replaced.
                            f"train.output_dir={train}", "train.overwrite=true",
                            *args.train_overrides])

@@ -58,19 +58,20 @@ def test_zero3_lora_dense_mixed_modality_equals_ddp(tiny, mixed, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
-def test_zero3_full_sigkill_resume_and_zero2_match(tiny, mixed, tmp_path):
-    full, killed, z2 = tmp_path / "full", tmp_path / "killed", tmp_path / "z2"
+def test_zero3_full_sigkill_resume_equals_zero2(tiny, mixed, tmp_path):
+    """A ZeRO-3 full fine-tune killed at step 3 and resumed from checkpoint-2 (partitioned
+    weights and Adam state) has the losses of an uninterrupted ZeRO-2 run: a resume that lost
+    the optimizer state, or a ZeRO-3 step that differed, would be off by far more."""
+    killed, z2 = tmp_path / "killed", tmp_path / "z2"
     common = ["lora.enabled=false", "train.lr=1e-3", "train.save_every=2"]
-    launch(tiny["dense"], mixed, full, "distributed.deepspeed=zero3", *common)
     proc = launch(tiny["dense"], mixed, killed, "distributed.deepspeed=zero3", *common,
                   faults=("--kill-at-step", "3"), check=False)
     assert proc.returncode != 0 and not (killed / "checkpoint-4").exists()
     assert (killed / "checkpoint-2/deepspeed/latest").is_file()
     launch(tiny["dense"], mixed, killed, "distributed.deepspeed=zero3", *common, "train.resume=auto")
-    assert_same_losses(losses(full), losses(killed))
     launch(tiny["dense"], mixed, z2, "distributed.deepspeed=zero2", *common)
-    assert_same_losses(losses(full), losses(z2), tol=1e-4)
-    assert_reloads_complete(full / "final")
+    assert_same_losses(losses(killed), losses(z2))
+    assert_reloads_complete(killed / "final")
 
 
 def test_zero3_moe_expert_parallel_equals_no_ep(tiny, mixed, tmp_path):
