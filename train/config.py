@@ -257,6 +257,13 @@ class GrpoConfig:
         "help": "reward name -> weight: the eval scorers (task:<eval task>, grounding_iou, anls, "
                 "exact_match, mathvista, mmmu, docvqa_anls, refcoco_acc50, "
                 "synthetic_grounding), think_format, or module:function"})
+    rollout_backend: Literal["hf", "vllm"] = field(default="hf", metadata={
+        "help": "who samples the completions: hf (transformers generate on the policy; CPU or "
+                "GPU) or vllm (an engine per rank on the same GPU, sent the policy's weights "
+                "before each step; needs vLLM and CUDA)"})
+    vllm: dict = field(default_factory=dict, metadata={
+        "help": "vllm.LLM arguments for rollout_backend=vllm, e.g. {gpu_memory_utilization: "
+                "0.3, max_model_len: 8192} (defaults: train/objectives/rollout_vllm.py)"})
 
     def __post_init__(self):
         check_grpo(self)
@@ -417,6 +424,10 @@ class Config:
         if self.data.prepared:
             raise ValueError(f"data.prepared caches encoded SFT samples: remove data.prepared "
                              f"with train.objective={objective}")
+        if objective == "grpo" and self.grpo.rollout_backend == "vllm":
+            from train.objectives.rollout_vllm import check_vllm_backend
+
+            check_vllm_backend(self)
         if objective == "grpo" and self.data.packing:
             raise ValueError("train.objective=grpo batches prompts and their sampled "
                              "completions, not packed rows: set data.packing=false")

@@ -299,8 +299,14 @@ def build_objective(cfg: Config, dist: DistInfo, engine, processor, dataset=None
         reference = reference_model(cfg, lambda: load_base().to(dist.device)) if needs_copy else None
     if objective == "dpo":
         return DpoStep(cfg.dpo, reference)
+    rollout_engine = None
+    if cfg.grpo.rollout_backend == "vllm":  # refused at config time without vLLM and CUDA
+        from train.objectives.rollout_vllm import VllmRollouts
+
+        rollout_engine = VllmRollouts(cfg.model.path, processor, cfg.grpo, cfg.data.vision,
+                                      cfg.model.dtype, dist.world_size)
     return GrpoStep(cfg.grpo, processor, reference,
-                    synced_gpus=engine.zero3 and dist.world_size > 1)
+                    synced_gpus=engine.zero3 and dist.world_size > 1, engine=rollout_engine)
 
 
 # --- One step --------------------------------------------------------------------------------
@@ -382,6 +388,8 @@ def train_step(run: Run, step: int) -> StepResult:
         engine.micro_done(last, skip=r.non_finite)
     r.grad_norm, r.applied = engine.finish_step(skip=r.non_finite)
     if isinstance(run.objective, GrpoStep):  # every completion, its rewards and advantage
+        if r.applied:
+            run.objective.weights_changed()
         name = "rollouts.jsonl" if dist.rank == 0 else f"rollouts.rank{dist.rank}.jsonl"
         append_records(run.out / name, run.objective.take_records(), step, dist.rank)
     return r

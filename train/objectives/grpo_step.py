@@ -56,14 +56,17 @@ class GrpoStep:
     for decoding and padding; its chat template says whether replies open inside ``<think>``).
     ``reference``: a frozen model for full fine-tuning with ``kl_coef`` > 0, or None (LoRA: the
     policy with adapters disabled; or no KL). ``synced_gpus``: generation keeps all ranks in
-    step (needed under ZeRO-3 with several ranks)."""
+    step (needed under ZeRO-3 with several ranks). ``engine``: a ``rollout_vllm.VllmRollouts``
+    that samples instead of ``generate`` (``grpo.rollout_backend: vllm``); the loop calls
+    ``weights_changed`` after each update so it is sent the new weights before sampling."""
 
     def __init__(self, cfg, processor, reference: torch.nn.Module | None = None,
-                 synced_gpus: bool = False):
+                 synced_gpus: bool = False, engine=None):
         from eval.metrics import prompt_opens_thinking
 
         check_grpo(cfg)
         self.cfg, self.reference, self.synced_gpus = cfg, reference, synced_gpus
+        self.engine, self.engine_stale = engine, True  # the engine starts from model.path
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.rewards = RewardSet(dict(cfg.rewards), prompt_opens_thinking(processor))
         self.suppressed = torch.tensor(suppressed_token_ids(self.tokenizer), dtype=torch.long)
@@ -75,6 +78,10 @@ class GrpoStep:
         records, self.records = self.records, []
         return records
 
+    def weights_changed(self) -> None:
+        """The policy was updated: the vLLM engine needs its weights before the next rollout."""
+        self.engine_stale = True
+
     # --- pieces -------------------------------------------------------------------------------
 
     def rollouts(self, policy: torch.nn.Module, prompts: PromptBatch,
@@ -82,6 +89,11 @@ class GrpoStep:
         """``seed``: sample from a generator state of its own (the global RNG is left as it
         was), so a resumed run draws the same completions as an uninterrupted one whatever else
         consumed random numbers since the checkpoint; None: the global RNG as it stands."""
+        if self.engine is not None:
+            if self.engine_stale:
+                self.engine.sync(policy)
+                self.engine_stale = False
+            return self.engine.generate(prompts, 0 if seed is None else seed)
         if seed is None:
             return generate_rollouts(policy, prompts.examples, self.cfg, self.tokenizer,
                                      self.synced_gpus)

@@ -38,6 +38,8 @@ class Rollouts:
     truncated: list[bool]
     rows: dict
     group_size: int
+    logprobs: list[list[float]] | None = None  # the sampler's log-prob of each token, if asked
+
 
     def __len__(self) -> int:
         return len(self.texts)
