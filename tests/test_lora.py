@@ -232,4 +232,16 @@ def test_param_groups_drive_zero3_with_expert_lora(tiny, tmp_path):
         for r in (0, 1):
             assert ranks[r]["losses"][step] == pytest.approx(losses[r].item(), rel=1e-5), (step, r)
     assert ranks[0]["losses"][-1] < ranks[0]["losses"][0]
+    # The weights a vLLM engine is sent, gathered from the ZeRO-3 shards on each rank: the
+    # reference's merged weights.
+    from safetensors.torch import load_file
+
+    from train.objectives.rollout_vllm import inference_weights
+
+    with inference_weights(model) as expected:
+        for r in (0, 1):
+            sent = load_file(str(tmp_path / f"rank{r}_weights.safetensors"))
+            assert sent.keys() == expected.keys()
+            for name, value in expected.items():
+                torch.testing.assert_close(sent[name], value, rtol=1e-4, atol=1e-6, msg=name)
 

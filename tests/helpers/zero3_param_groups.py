@@ -5,7 +5,8 @@ Run with ``torchrun --nproc_per_node 2 -m tests.helpers.zero3_param_groups MOE_D
 (from the repository root). Each rank takes ``ZERO3_STEPS`` steps on its own sequence
 (``rank_ids``) and writes ``OUT_DIR/rank<R>.json``: its losses and the optimizer's groups (name,
 lr, weight decay). The test rebuilds the same model with ``zero3_model`` and checks the losses
-against plain AdamW in one process.
+against plain AdamW in one process, and the weights each rank would send a vLLM engine
+(``OUT_DIR/rank<R>_weights.safetensors``) against the reference's.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def main(moe_path: str, out: str) -> None:
         losses.append(loss.item())
     groups = [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups]
     Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses, "groups": groups}))
+    # What a vLLM rollout engine would be sent (train/objectives/rollout_vllm.py): the
+    # partitioned parameters gathered, adapters merged, every rank the whole model.
+    from safetensors.torch import save_file
+
+    from train.objectives.rollout_vllm import inference_weights
+
+    with inference_weights(engine.module) as weights:
+        save_file({k: v.detach().clone().contiguous() for k, v in weights.items()},
+                  str(Path(out, f"rank{rank}_weights.safetensors")))
 
 
 if __name__ == "__main__":
