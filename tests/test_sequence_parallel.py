@@ -121,6 +121,24 @@ def test_training_moe_full_finetune_sp2_zero3_expert_parallel(tiny, corpus, tmp_
                                                                       tmp_path / "ep")))
 
 
+def test_dpo_sp2_equals_one_process(tiny, corpus, tmp_path):
+    """DPO with LoRA, each pair's two sequences packed in one row and the row split over 2
+    ranks; the reference (adapters off) runs split too. The log-probs of each rank's slice are
+    summed over the group, so the losses and rewards are one process's."""
+    from data.tools.synthetic_pairs import write_pairs
+
+    pairs = write_pairs(corpus["train"], tmp_path / "pairs.jsonl")
+    dpo = ("train.objective=dpo", "data.format=messages", f"data.image_root={corpus['train'].parent}")
+    one = _train(tiny["dense"], pairs, tmp_path / "one", 1, *dpo)
+    sp = _train(tiny["dense"], pairs, tmp_path / "sp", 2, *dpo, "distributed.sequence_parallel=2")
+    _same(one, sp)
+    assert abs(one[1] - 0.6931472) < 1e-5  # LoRA starts as the identity: policy = reference
+    margins = [{r["step"]: r["rewards/margins"] for r in metrics(tmp_path / out)}
+               for out in ("one", "sp")]
+    _same(*margins)
+    assert margins[0][3] != 0  # the later steps compare a trained policy with its reference
+
+
 # --- pieces, in one process --------------------------------------------------------------------
 
 def test_ranks_of_a_group_read_the_same_micro_batches():
@@ -176,6 +194,10 @@ def test_bad_settings_are_refused_with_the_fix(tiny):
     with pytest.raises(ValueError, match="loss_impl=chunked"):
         load_config(Config, None, base + ["train.loss_impl=hf"])
     assert load_config(Config, None, base).distributed.sequence_parallel == 2
+    with pytest.raises(ValueError, match="grpo samples its completions with generate"):
+        load_config(Config, None, base + ["train.objective=grpo"])
+    with pytest.raises(ValueError, match="dpo.precompute_reference=false"):
+        load_config(Config, None, base + ["train.objective=dpo", "dpo.precompute_reference=true"])
     with pytest.raises(ValueError, match="must divide the number of processes"):
         new_sp_group(2, 0, 3)
     with pytest.raises(ValueError, match="launch with torchrun"):

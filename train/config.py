@@ -385,11 +385,15 @@ class Config:
                                  f"attention over sdpa; model.attn_implementation="
                                  f"{self.model.attn_implementation} is not supported with it: set "
                                  f"model.attn_implementation=sdpa")
-            if getattr(self.train, "objective", "sft") != "sft":
-                raise ValueError("distributed.sequence_parallel > 1 splits the next-token loss "
-                                 "only; preference objectives need every rank's whole-sequence "
-                                 "log-probs: set train.objective=sft or "
+            if getattr(self.train, "objective", "sft") == "grpo":
+                raise ValueError("train.objective=grpo samples its completions with generate, "
+                                 "which does not run split over ranks: set "
                                  "distributed.sequence_parallel=1")
+            if self.train.objective == "dpo" and self.dpo.precompute_reference:
+                raise ValueError("dpo.precompute_reference reads whole-sequence logits, and "
+                                 "under distributed.sequence_parallel > 1 each rank has a slice: "
+                                 "set dpo.precompute_reference=false (LoRA's reference is the "
+                                 "split model with its adapters off)")
             if self.train.loss_impl == "hf":
                 raise ValueError("train.loss_impl=hf shifts labels inside each rank's slice, which "
                                  "is wrong under distributed.sequence_parallel > 1: set "
@@ -418,9 +422,6 @@ class Config:
             raise ValueError(f"train.objective={objective} computes per-token log-probs itself; "
                              f"train.loss_impl={self.train.loss_impl} applies to sft: remove it")
         self.train.loss_impl = "hf"  # no LM loss head: the objective reads the logits
-        if self.distributed.sequence_parallel > 1:
-            raise ValueError(f"train.objective={objective} with distributed.sequence_parallel > 1 "
-                             f"is not supported yet: set distributed.sequence_parallel=1")
         if self.data.prepared:
             raise ValueError(f"data.prepared caches encoded SFT samples: remove data.prepared "
                              f"with train.objective={objective}")

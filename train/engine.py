@@ -123,6 +123,7 @@ class Engine:
     dist: DistInfo
     keepalive: "VisionKeepAlive | None" = None
     loss_head: LossHead | None = None  # train.loss_impl other than hf (train/loss.py)
+    sp_shard = None  # train.sequence_parallel.SequenceShard under sequence parallelism
     zero3 = False
 
     def forward(self, batch: dict):
@@ -467,7 +468,7 @@ def build_engine(cfg, dist: DistInfo, build_model) -> Engine:
 
     if not cfg.distributed.deepspeed:
         model = build_model().to(dist.device)
-        head = install_forward(model, cfg, dist, zero3=False)
+        head, shard = install_forward(model, cfg, dist, zero3=False)
         engine = TorchEngine(model, param_groups(model, cfg.train), cfg, dist)
     else:
         import deepspeed
@@ -490,24 +491,27 @@ def build_engine(cfg, dist: DistInfo, build_model) -> Engine:
 
             check_expert_parallel(model, model_config, cfg.distributed.ep_preset,
                                   cfg.distributed.expert_parallel, dist.world_size, zero_stage)
-        head = install_forward(model, cfg, dist, zero3=zero_stage == 3)
+        head, shard = install_forward(model, cfg, dist, zero3=zero_stage == 3)
         engine = DeepSpeedEngine(model, param_groups(model, cfg.train), cfg, dist, ds_config, hf_ds)
         if cfg.distributed.expert_parallel > 1:
             engine.log_experts()  # AutoEP has replaced the MoE blocks by now
-    engine.loss_head = head
+    engine.loss_head, engine.sp_shard = head, shard
     if dist.world_size > 1:
         engine.keepalive = VisionKeepAlive(engine.module)
     return engine
 
 
-def install_forward(model, cfg, dist: DistInfo, zero3: bool) -> LossHead | None:
+def install_forward(model, cfg, dist: DistInfo, zero3: bool) -> tuple:
     """The forward path of ``train.loss_impl`` and ``distributed.sequence_parallel``, hooked
-    into the model before DDP / DeepSpeed wrap it (train/loss.py, train/sequence_parallel.py);
-    None: transformers' own loss, as is."""
+    into the model before DDP / DeepSpeed wrap it (train/loss.py, train/sequence_parallel.py):
+    (the ``LossHead``, or None for transformers' own loss or a preference objective's logits;
+    the ``SequenceShard``, or None without sequence parallelism)."""
     shard = None
     if dist.sequence_parallel > 1:
         from train.sequence_parallel import SequenceShard
 
         shard = SequenceShard.install(model, dist.sp_group)
+        if cfg.train.objective != "sft":  # DPO reads its slice's logits (dpo_step.py)
+            return None, shard
     return LossHead.install(model, cfg.train.loss_impl, cfg.train.loss_chunk_tokens, dist.device,
-                            shard=shard, zero3=zero3)
+                            shard=shard, zero3=zero3), shard

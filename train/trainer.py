@@ -298,7 +298,7 @@ def build_objective(cfg: Config, dist: DistInfo, engine, processor, dataset=None
     else:
         reference = reference_model(cfg, lambda: load_base().to(dist.device)) if needs_copy else None
     if objective == "dpo":
-        return DpoStep(cfg.dpo, reference)
+        return DpoStep(cfg.dpo, reference, shard=engine.sp_shard)
     rollout_engine = None
     if cfg.grpo.rollout_backend == "vllm":  # refused at config time without vLLM and CUDA
         from train.objectives.rollout_vllm import VllmRollouts

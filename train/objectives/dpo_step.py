@@ -24,7 +24,8 @@ from data.encode import REPAIRS  # noqa: F401  (examples carry it; the dataset p
 from data.preference import SEQUENCE_IDS, collate_packed_pairs, collate_pairs, split_sides
 from train.objectives.dpo import NOT_MODEL_INPUTS, dpo_loss, reference_logps, split_pairs
 from train.objectives.dpo_reference import PAIR_INDEX, ReferenceTable
-from train.objectives.logprobs import sequence_counts, sequence_logps, token_logps
+from train.objectives.logprobs import (sequence_counts, sequence_logps,
+                                      sharded_sequence_logps, token_logps)
 
 # metrics.jsonl keys: the stats dpo_loss returns, averaged over a step's micro-batches
 STAT_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -74,21 +75,35 @@ class DpoStep:
     its adapters disabled."""
 
     def __init__(self, dpo_cfg, reference: torch.nn.Module | None = None,
-                 table: ReferenceTable | None = None):
+                 table: ReferenceTable | None = None, shard=None):
         self.cfg, self.reference, self.table = dpo_cfg, reference, table
+        # Under sequence parallelism the policy's forward returns this rank's slice of logits.
+        self.shard = shard
+
+    def logps_of(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sequence reply log-prob sums, reply token counts) from a forward's logits."""
+        ids = batch.get(SEQUENCE_IDS)
+        if self.shard is not None:
+            return sharded_sequence_logps(logits, batch["labels"], self.shard, ids)
+        values, mask = token_logps(logits, batch["labels"])
+        return sequence_logps(values, mask, ids), sequence_counts(mask, ids)
 
     def policy_logps(self, forward, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sequence reply log-prob sums, reply token counts) under the policy, through
         ``forward`` (the engine's: DDP / DeepSpeed see an ordinary forward)."""
         logits = forward({k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}).logits
-        values, mask = token_logps(logits, batch["labels"])
-        ids = batch.get(SEQUENCE_IDS)
-        return sequence_logps(values, mask, ids), sequence_counts(mask, ids)
+        return self.logps_of(logits, batch)
 
     @torch.no_grad()
     def reference_logps(self, policy: torch.nn.Module, batch: dict) -> torch.Tensor:
         if self.table is not None:
             return self.table.logps(batch[PAIR_INDEX])
+        if self.reference is None and self.shard is not None:  # the split policy, adapters off
+            if not hasattr(policy, "disable_adapter"):
+                raise ValueError("DPO's reference needs LoRA (adapters off) or a frozen copy")
+            inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+            with policy.disable_adapter():
+                return self.logps_of(policy(**inputs, use_cache=False).logits, batch)[0]
         if self.reference is None:
             return reference_logps(policy, batch)
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
@@ -109,7 +124,10 @@ class DpoStep:
                                label_smoothing=self.cfg.label_smoothing,
                                chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
                                sft_weight=self.cfg.sft_weight)
-        return loss * (chosen.shape[0] / pairs_per_rank), stats
+        # Every rank of an SP group holds the whole loss: 1/N each, and the all-reduce's
+        # backward adds the group's gradients back up (logprobs.sharded_sequence_logps).
+        group = self.shard.sp.size if self.shard is not None else 1
+        return loss * (chosen.shape[0] / pairs_per_rank / group), stats
 
 
 def reference_model(cfg, build_reference) -> torch.nn.Module | None:

@@ -83,3 +83,33 @@ def sequence_counts(mask: torch.Tensor, sequence_ids: torch.Tensor | None = None
                     n: int | None = None) -> torch.Tensor:
     """Labelled tokens per row (or, packed, per sequence), like ``sequence_logps``."""
     return sequence_logps(mask.long(), mask, sequence_ids, n)
+
+
+def sharded_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, shard,
+                           sequence_ids: torch.Tensor | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sequence_logps`` and ``sequence_counts`` under sequence parallelism
+    (train/sequence_parallel.py): ``logits`` are this rank's slice of the sequence, ``labels``
+    (and ``sequence_ids``) the whole rows. Each rank sums its slice's labelled tokens; the sums
+    are added over the SP group, so every rank holds the whole rows' values. The log-prob sum
+    is added by a differentiable all-reduce: its backward adds the group's gradients, so a loss
+    that every rank computes from the whole sums, divided by the group size, gives each slice
+    exactly its share of the unsplit gradient."""
+    from torch.distributed.nn.functional import all_reduce
+
+    from train.loss import shift_labels
+
+    targets = shard.labels(shift_labels(labels))  # position t scores token t + 1
+    mask = targets != IGNORE_INDEX
+    logits = logits.float()
+    picked = torch.gather(logits, -1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    values = (picked - torch.logsumexp(logits, dim=-1)).masked_fill(~mask, 0.0)
+    if sequence_ids is None:
+        sums, counts = values.sum(-1), mask.sum(-1)
+    else:
+        owners = shard.labels(shift_labels(sequence_ids))[mask]  # token t + 1's sequence
+        n = int(sequence_ids.max()) + 1
+        sums = values.new_zeros(n).index_add(0, owners, values[mask])
+        counts = torch.zeros(n, dtype=torch.long, device=values.device).index_add(
+            0, owners, torch.ones_like(owners))
+    return all_reduce(sums, group=shard.sp.group), shard.all_reduce(counts)
