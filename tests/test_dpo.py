@@ -209,3 +209,55 @@ def test_packed_pairs_give_the_padded_batchs_log_probs(tiny_dense, tmp_path):
     assert torch.equal(got_n, want_n)
     assert torch.allclose(got, want, atol=1e-4), (got, want)
     assert torch.allclose(chunked, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_pair_images_are_encoded_once_with_the_same_loss_and_gradients(tiny_dense, tmp_path,
+                                                                       layout):
+    """DpoStep runs the vision tower once per distinct image (train/objectives/shared_vision.py):
+    the chosen and rejected rows of a pair carry the same images. Loss and every gradient (the
+    vision adapters' included) equal encoding each copy; the tower sees half the rows."""
+    from data.config import SourceConfig
+    from data.encode import SampleEncoder, VisionBudget
+    from data.preference import PairEncoder, collate_packed_pairs, collate_pairs
+    from data.sources.preference import load_pairs
+    from tests.helpers import preference_files as pf
+    from train.config import DpoConfig, LoraConfig
+    from train.lora import apply_lora
+    from train.modeling import load_model
+    from train.objectives.dpo_step import DpoStep
+
+    path, processor = tiny_dense
+    pairs = load_pairs(SourceConfig(path=str(pf.ours(tmp_path)), format="messages"))
+    encoder = PairEncoder(SampleEncoder(processor, VisionBudget(32 * 32 * 4, 32 * 32 * 16)))
+    examples = [encoder.encode(p) for p in pairs]
+    batch = (collate_pairs(examples, processor.tokenizer.pad_token_id) if layout == "padded"
+             else collate_packed_pairs(examples, processor.image_processor.merge_size))
+    assert batch["image_grid_thw"].shape[0] >= 2
+
+    def loss_and_grads(shared: bool):
+        torch.manual_seed(0)
+        model = apply_lora(load_model(str(path)),
+                           LoraConfig(r=4, alpha=8, targets=["llm_attn", "vision", "merger"]))
+        with torch.no_grad():  # adapters away from the identity, so the policy != reference
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3)
+        step = DpoStep(DpoConfig(), policy=model if shared else None)
+
+        def forward(inputs):
+            return model(**inputs, use_cache=False)
+
+        loss, _ = step.loss(forward, model, dict(batch), pairs_per_rank=len(examples))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, step.shared
+
+    plain, plain_grads, _ = loss_and_grads(False)
+    shared, shared_grads, hooks = loss_and_grads(True)
+    assert hooks[0].encoded * 2 == hooks[0].requested  # each image once instead of twice
+    assert torch.allclose(shared, plain, atol=1e-6)
+    assert shared_grads.keys() == plain_grads.keys()
+    assert any(".visual." in n and "lora_" in n for n in shared_grads)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -286,7 +286,7 @@ def build_objective(cfg: Config, dist: DistInfo, engine, processor, dataset=None
         table = dpo_reference.load_or_compute(
             Path(cfg.train.output_dir) / dpo_reference.FILE, dataset, collator,
             unwrap(engine.module), dist, cfg.train.batch_size, cfg.lora.enabled)
-        return DpoStep(cfg.dpo, table=table)
+        return DpoStep(cfg.dpo, table=table, policy=unwrap(engine.module))
     needs_copy = not cfg.lora.enabled and (objective == "dpo" or cfg.grpo.kl_coef > 0)
 
     def load_base():
@@ -298,7 +298,7 @@ def build_objective(cfg: Config, dist: DistInfo, engine, processor, dataset=None
     else:
         reference = reference_model(cfg, lambda: load_base().to(dist.device)) if needs_copy else None
     if objective == "dpo":
-        return DpoStep(cfg.dpo, reference, shard=engine.sp_shard)
+        return DpoStep(cfg.dpo, reference, shard=engine.sp_shard, policy=unwrap(engine.module))
     rollout_engine = None
     if cfg.grpo.rollout_backend == "vllm":  # refused at config time without vLLM and CUDA
         from train.objectives.rollout_vllm import VllmRollouts

@@ -18,14 +18,19 @@ row) and asks ``DpoStep`` for each micro-batch's loss:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from data.encode import REPAIRS  # noqa: F401  (examples carry it; the dataset pops it)
 from data.preference import SEQUENCE_IDS, collate_packed_pairs, collate_pairs, split_sides
 from train.objectives.dpo import NOT_MODEL_INPUTS, dpo_loss, reference_logps, split_pairs
+from train.engine import unwrap
+from train.loss import hf_model
 from train.objectives.dpo_reference import PAIR_INDEX, ReferenceTable
 from train.objectives.logprobs import (sequence_counts, sequence_logps,
                                       sharded_sequence_logps, token_logps)
+from train.objectives.shared_vision import SharedVision
 
 # metrics.jsonl keys: the stats dpo_loss returns, averaged over a step's micro-batches
 STAT_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -72,13 +77,27 @@ class DpoStep:
     """The DPO loss of one micro-batch. The reference log-probs come from ``table`` when given
     (``dpo.precompute_reference``: looked up by the batch's ``PAIR_INDEX``), else from
     ``reference``, a frozen model for full fine-tuning, else from the policy (a peft model) with
-    its adapters disabled."""
+    its adapters disabled. ``policy``: the unwrapped model the loop trains, whose vision tower
+    (and the reference's) then encodes each distinct image of a micro-batch once."""
 
     def __init__(self, dpo_cfg, reference: torch.nn.Module | None = None,
-                 table: ReferenceTable | None = None, shard=None):
+                 table: ReferenceTable | None = None, shard=None,
+                 policy: torch.nn.Module | None = None):
         self.cfg, self.reference, self.table = dpo_cfg, reference, table
         # Under sequence parallelism the policy's forward returns this rank's slice of logits.
         self.shard = shard
+        # The two sides of a pair share their images: each is encoded once (shared_vision.py);
+        # sequence parallelism splits the tower its own way.
+        self.shared = [] if shard is not None else [
+            SharedVision(hf_model(unwrap(m)).model.visual) for m in (policy, reference)
+            if m is not None]
+
+    def vision_shared(self):
+        """While on, each distinct image of a forward's batch runs through the tower once."""
+        stack = contextlib.ExitStack()
+        for shared in self.shared:
+            stack.enter_context(shared.on())
+        return stack
 
     def logps_of(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sequence reply log-prob sums, reply token counts) from a forward's logits."""
@@ -115,8 +134,9 @@ class DpoStep:
              pairs_per_rank: float) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss to backward, stats). ``pairs_per_rank``: the global batch's pairs divided by
         the world size, so the micro-batches' losses add up to the global pair mean."""
-        ref_chosen, ref_rejected = split_pairs(self.reference_logps(policy, batch))
-        logps, counts = self.policy_logps(forward, batch)
+        with self.vision_shared():
+            ref_chosen, ref_rejected = split_pairs(self.reference_logps(policy, batch))
+            logps, counts = self.policy_logps(forward, batch)
         chosen, rejected = split_pairs(logps)
         chosen_tokens, rejected_tokens = split_pairs(counts)
         loss, stats = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=self.cfg.beta,
