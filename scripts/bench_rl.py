@@ -50,6 +50,14 @@
                                (tests/test_grpo_step.py), so groups differ and completions that
                                stop early move the loss off 0
 
+  dpo_vision_rows_encoded_ratio
+  dpo_shared_vision_step_speedup
+                               DPO steps (forward + backward, LoRA on every part, 4 pairs, each
+                               image scaled to 256x256) with the vision tower run once per
+                               distinct image instead of once per copy (a pair's two sides carry
+                               the same images): the share of the visual rows encoded, and the
+                               step-time ratio (measured in the same process, alternated)
+
 Not measured yet: GRPO from the demo's SFT adapter on the grounding reward.
 
 Run with no arguments (about four minutes on 2 CPU cores).
@@ -193,6 +201,48 @@ def dpo_figures(work: Path, steps: int, pairs_n: int) -> dict:
         "dpo_precomputed_reference_speedup": seconds / table_seconds}
 
 
+def shared_vision_figures(work: Path, repeats: int = 5) -> dict:
+    """DPO steps (forward and backward, LoRA on every part) on 4 pairs whose images are scaled
+    to 256x256, with the vision tower run once per distinct image (train/objectives/
+    shared_vision.py) and once per copy."""
+    from data.config import SourceConfig
+    from data.encode import SampleEncoder, VisionBudget
+    from data.preference import PairEncoder, collate_pairs
+    from data.processor import build_processor
+    from data.sources.preference import load_pairs
+    from data.tools.synthetic import generate
+    from data.tools.synthetic_pairs import write_pairs
+    from train.config import DpoConfig, LoraConfig
+    from train.debug_models import build_tiny_checkpoint
+    from train.lora import apply_lora
+    from train.modeling import load_model
+    from train.objectives.dpo_step import DpoStep
+
+    processor = build_processor()
+    path = build_tiny_checkpoint(work / "tiny-dense", "dense", 0, processor)
+    corpus = generate(work / "data", train_per_task=4, eval_per_task=0, tasks=("grounding",))
+    pairs = load_pairs(SourceConfig(path=str(write_pairs(corpus["train"], work / "pairs.jsonl")),
+                                    format="messages", image_root=str(corpus["train"].parent)))
+    encoder = PairEncoder(SampleEncoder(processor, VisionBudget(256 * 256, 256 * 256)))
+    batch = collate_pairs([encoder.encode(p) for p in pairs[:4]], processor.tokenizer.pad_token_id)
+    model = apply_lora(load_model(str(path)), LoraConfig(r=4, alpha=8, targets=[
+        "llm_attn", "llm_mlp", "vision", "merger"]))
+    steps = {False: DpoStep(DpoConfig()), True: DpoStep(DpoConfig(), policy=model)}
+    seconds = {}
+    for shared in (False, True, False, True):  # alternated: the machine's drift hits both
+        step = steps[shared]
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            loss, _ = step.loss(lambda inputs: model(**inputs, use_cache=False), model,
+                                dict(batch), pairs_per_rank=4)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        seconds[shared] = seconds.get(shared, 0.0) + time.perf_counter() - t0
+    hooks = steps[True].shared[0]
+    return {"dpo_vision_rows_encoded_ratio": hooks.encoded / hooks.requested,
+            "dpo_shared_vision_step_speedup": seconds[False] / seconds[True]}
+
+
 def heldout_reward(model_dir: Path, adapter: Path | None, data: Path, cfg, seed: int) -> float:
     """Mean reward of ``cfg.group_size`` sampled completions per held-out prompt."""
     import torch
@@ -317,6 +367,7 @@ def main() -> None:
     if not args.only_ep:
         figures.update(loss_reference_figures())
         figures.update(dpo_figures(work, args.steps, args.pairs))
+        figures.update(shared_vision_figures(work / "shared"))
         figures.update(grpo_figures(work / "rl", args.grpo_steps))
     figures.update(grpo_ep_figures(work / "ep", args.ep_steps))
     for name, value in figures.items():
