@@ -188,13 +188,14 @@ def test_precomputed_reference_is_read_back_and_recomputed_for_another_corpus(tm
 # Dense ZeRO-3 takes the same path; the MoE with AutoEP (which needs trainable experts: full
 # fine-tuning, 4 of 8 experts per rank) is the case that had no way to run DPO before.
 @pytest.mark.parametrize("model, extra", [
-    ("moe", ("distributed.expert_parallel=2", "moe.aux_loss_coef=0.01", "moe.log_expert_load=false")),
+    ("moe", ("distributed.expert_parallel=2", "moe.aux_loss_coef=0.01", "moe.log_expert_load=false",
+             "dpo.precompute_reference=true")),
+    ("dense", ()),
 ])
-def test_full_fine_tuning_dpo_under_zero3_with_precomputed_reference(tiny, pairs, tmp_path,
-                                                                     model, extra):
-    """No frozen copy: 2 processes under ZeRO-3 (refused without precompute_reference), with
-    expert parallelism for the MoE, log the losses of one process with the frozen-copy
-    reference."""
+def test_full_fine_tuning_dpo_under_zero3(tiny, pairs, tmp_path, model, extra):
+    """2 processes under ZeRO-3 log the losses of one process with a frozen copy: the MoE with
+    expert parallelism and the reference log-probs precomputed (no copy), the dense model with
+    the frozen copy partitioned like the policy (train/objectives/reference.py)."""
     common = ("train.objective=dpo", "data.format=messages", f"data.image_root={pairs.parent}",
               "train.batch_size=2", "train.max_steps=3", "train.lr=1e-4", "lora.enabled=false",
               "train.freeze_vision=true", "logging.loss_plot=false",
@@ -202,8 +203,10 @@ def test_full_fine_tuning_dpo_under_zero3_with_precomputed_reference(tiny, pairs
     one, z3 = tmp_path / "one", tmp_path / "z3"
     launch.run_train(tiny[model], one, *common, "train.grad_accum=2", data=pairs)
     launch.run_train(tiny[model], z3, *common, "distributed.deepspeed=zero3", *extra,
-                     "dpo.precompute_reference=true", data=pairs, nproc=2)
-    assert (z3 / "reference_logps.json").is_file() and not (one / "reference_logps.json").exists()
+                     data=pairs, nproc=2)
+    precomputed = "dpo.precompute_reference=true" in extra
+    assert (z3 / "reference_logps.json").is_file() == precomputed
+    assert not (one / "reference_logps.json").exists()
     a, b = launch.losses(one), launch.losses(z3)
     assert a.keys() == b.keys() == {1, 2, 3}
     for s in a:
