@@ -312,10 +312,11 @@ def _prepare(args, cfg, processor, model, progress) -> int:
     for name, c in counts["per_source"].items():
         print(f"  {name}: {c['encoded']} encoded ({c['shrunk']} shrunk to fit the budget), "
               f"{c['bad_records']} bad records, {c['failed_to_encode']} failed to encode")
-    stored = counts["image_samples_stored_as"]
-    if stored["float32"]:  # exact but 8x the bytes: this processor's arithmetic is not ours
-        print(f"  {stored['float32']} of {stored['float32'] + stored['uint8']} samples with images "
-              "keep float32 pixel values (uint8 would not give back the same floats)")
+    for kind in ("image", "video"):
+        stored = counts[f"{kind}_samples_stored_as"]
+        if stored["float32"]:  # exact but 4-8x the bytes: this processor's arithmetic is not ours
+            print(f"  {stored['float32']} of {stored['float32'] + stored['uint8']} samples with "
+                  f"{kind}s keep float32 pixel values (uint8 would not give back the same floats)")
     return 1 if counts["over_max_bad_fraction"] else 0
 
 

@@ -8,9 +8,9 @@ The folder holds:
   ``attention_mask``, ``mm_token_type_ids``, ``labels``, ``pixel_values`` / ``image_grid_thw``
   (and the video pair), ``fields`` (which of those the sample has), ``length`` (tokens),
   ``id``, ``source`` (the source's name), ``file`` and ``index`` (record in the source file).
-  Images' ``pixel_values`` are kept as the uint8 pixels they were normalised from
-  (``image_pixels``, see ``ImagePixels``: an eighth of the bytes) wherever that gives back the
-  exact floats. Rows come source by source, in config order;
+  Pixels are kept as the uint8 pixels they were normalised from (``image_pixels`` /
+  ``video_pixels``, see ``PixelCodec``: an eighth / a quarter of the bytes) wherever that gives
+  back the exact floats. Rows come source by source, in config order;
 - ``bad_samples.jsonl``: samples that could not be read, planned, fitted to the budget
   (``stage: read``) or encoded (``stage: encode``), in the schema of ``data.samples``;
 - ``manifest.json``: the data config, the processor path and a hash of its files, a stamp of
@@ -45,6 +45,8 @@ FORMAT_VERSION = 3
 SEQUENCE_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
 VISUAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 META_COLUMNS = ("id", "source", "file", "index")
+# The uint8 column that holds a float pixel field when it packs exactly (PixelCodec).
+PACKED_COLUMNS = {"pixel_values": "image_pixels", "pixel_values_videos": "video_pixels"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 MODEL_ONLY_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 # Data keys that do not change what is encoded (how batches are formed, how bad samples are
@@ -71,60 +73,72 @@ def features(processor):
     columns["image_grid_thw"] = Array2D((None, 3), "int64")
     columns["pixel_values_videos"] = Array2D((None, patch_width(processor.video_processor)), "float32")
     columns["video_grid_thw"] = Array2D((None, 3), "int64")
-    columns["image_pixels"] = Array2D((None, ImagePixels.of(processor).width), "uint8")
+    for field_name, codec in pixel_codecs(processor).items():
+        columns[PACKED_COLUMNS[field_name]] = Array2D((None, codec.width), "uint8")
     return Features(columns)
 
 
 @dataclass(frozen=True)
-class ImagePixels:
-    """Images' ``pixel_values`` stored as the uint8 pixels they came from. The processor turns
-    each image patch into float32 ``(pixel * rescale - mean) / std`` values, repeated over the
-    temporal patch (an image is one frame shown twice): 8 bytes kept per pixel byte, 24 KB per
-    visual token, terabytes for a large corpus. ``pack`` inverts that and keeps the uint8 patch
-    only if ``unpack`` gives back exactly the same floats (an image processor with other
-    arithmetic keeps its floats, just bigger); ``unpack`` redoes the processor's fused float32
-    normalisation."""
+class PixelCodec:
+    """Visual ``pixel_values`` stored as the uint8 pixels they came from. The processor turns
+    each patch into float32 ``(pixel * rescale - mean) / std`` values, and repeats an image over
+    the temporal patch (one frame shown twice): 8 bytes kept per pixel byte for images (24 KB
+    per visual token, terabytes for a large corpus), 4 for videos (whose temporal frames
+    differ). ``pack`` inverts that and keeps the uint8 patches only if ``unpack`` gives back
+    exactly the same floats (a processor with other arithmetic keeps its floats, just bigger);
+    ``unpack`` redoes the processor's fused float32 normalisation. ``repeated``: the frames of
+    a patch are one frame repeated (images; one is stored)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     rescale: float
     temporal: int
     patch: int
+    repeated: bool
 
     @classmethod
-    def of(cls, processor) -> "ImagePixels":
-        ip = processor.image_processor
-        return cls(tuple(ip.image_mean), tuple(ip.image_std), float(ip.rescale_factor),
-                   int(ip.temporal_patch_size), int(ip.patch_size))
+    def of(cls, part, repeated: bool) -> "PixelCodec":
+        """For an image or video processor (``repeated``: images)."""
+        return cls(tuple(part.image_mean), tuple(part.image_std), float(part.rescale_factor),
+                   int(part.temporal_patch_size), int(part.patch_size), repeated)
+
+    @property
+    def frames(self) -> int:
+        return 1 if self.repeated else self.temporal
 
     @property
     def width(self) -> int:
-        """uint8 values per patch (one frame of channels x patch x patch)."""
-        return len(self.mean) * self.patch ** 2
+        """uint8 values per patch (the kept frames of channels x patch x patch)."""
+        return len(self.mean) * self.frames * self.patch ** 2
 
     def _scaled(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # The image processor's fused rescale + normalise, in its float32 arithmetic.
+        # The processors' fused rescale + normalise, in their float32 arithmetic.
         shape = (1, len(self.mean), 1, 1)
         return ((torch.tensor(self.mean) * (1.0 / self.rescale)).view(shape),
                 (torch.tensor(self.std) * (1.0 / self.rescale)).view(shape))
 
     def unpack(self, pixels: np.ndarray) -> torch.Tensor:
-        """(patches, width) uint8 -> the processor's (patches, width x temporal) float32."""
+        """(patches, width) uint8 -> the processor's (patches, channels x temporal x patch^2)
+        float32."""
         mean, std = self._scaled()
-        x = torch.from_numpy(pixels).view(len(pixels), len(self.mean), 1, -1).to(torch.float32)
+        n = len(pixels)
+        x = torch.from_numpy(pixels).view(n, len(self.mean), self.frames, -1).to(torch.float32)
         x = (x - mean) / std
-        return x.expand(-1, -1, self.temporal, -1).reshape(len(pixels), -1)
+        return x.expand(-1, -1, self.temporal, -1).reshape(n, -1)
 
     def pack(self, values: torch.Tensor) -> np.ndarray | None:
         """uint8 patches that ``unpack`` to exactly ``values``, or None (keep the floats)."""
         n, channels = len(values), len(self.mean)
-        if values.dtype != torch.float32 or values.shape[-1] != self.width * self.temporal:
+        full = channels * self.temporal * self.patch ** 2
+        if values.dtype != torch.float32 or values.dim() != 2 or values.shape[-1] != full:
             return None
-        frames = values.view(n, channels, self.temporal, -1)
-        if not bool((frames == frames[:, :, :1]).all()):
-            return None  # the frames differ: not one image repeated
+        frames = values.reshape(n, channels, self.temporal, -1)
+        if self.repeated:
+            if not bool((frames == frames[:, :, :1]).all()):
+                return None  # the frames differ: not one image repeated
+            frames = frames[:, :, :1]
         mean, std = self._scaled()
-        pixels = torch.round(frames[:, :, :1].double() * std.double() + mean.double())
+        pixels = torch.round(frames.double() * std.double() + mean.double())
         if pixels.numel() and (pixels.min() < 0 or pixels.max() > 255):
             return None
         packed = pixels.to(torch.uint8).reshape(n, -1).numpy()
@@ -134,8 +148,15 @@ class ImagePixels:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "ImagePixels":
-        return cls(tuple(d["mean"]), tuple(d["std"]), d["rescale"], d["temporal"], d["patch"])
+    def from_json(cls, d: dict) -> "PixelCodec":
+        return cls(tuple(d["mean"]), tuple(d["std"]), d["rescale"], d["temporal"], d["patch"],
+                   d["repeated"])
+
+
+def pixel_codecs(processor) -> dict[str, PixelCodec]:
+    """Each float pixel field and the codec of its uint8 column (``PACKED_COLUMNS``)."""
+    return {"pixel_values": PixelCodec.of(processor.image_processor, repeated=True),
+            "pixel_values_videos": PixelCodec.of(processor.video_processor, repeated=False)}
 
 
 # --- Staleness -------------------------------------------------------------------------------
@@ -234,7 +255,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise StaleCacheError(f"prepared data in {out_dir} has format "
                                   f"{manifest.get('format_version')}, not {FORMAT_VERSION}: run "
                                   "python -m data prepare again")
-        self.image_pixels = ImagePixels.from_json(manifest["image_pixels"])
+        self.codecs = {name: PixelCodec.from_json(c) for name, c in manifest["pixel_codecs"].items()}
         self.sources = cfg.source_configs() if cfg is not None else []
         self._names: list[str] | None = None
 
@@ -245,8 +266,9 @@ class PreparedDataset(torch.utils.data.Dataset):
         row = self.table.slice(int(i), 1)
         item = {}
         for name in _values(row.column("fields")).tolist():
-            if name == "pixel_values" and row.column("image_pixels").null_count == 0:
-                item[name] = self.image_pixels.unpack(_values(row.column("image_pixels")))
+            packed = PACKED_COLUMNS.get(name)
+            if packed is not None and row.column(packed).null_count == 0:
+                item[name] = self.codecs[name].unpack(_values(row.column(packed)))
             else:
                 item[name] = torch.from_numpy(_values(row.column(name)))
         return item

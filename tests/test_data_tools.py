@@ -23,7 +23,7 @@ from data.tools.synthetic import write_grey_video
 from data.corpus import load_corpus
 from data.encode import SampleEncoder
 from data.planner import TokenPlanner
-from data.prepared import ImagePixels, PreparedDataset, StaleCacheError, stale_reasons
+from data.prepared import PixelCodec, PreparedDataset, StaleCacheError, stale_reasons
 from data.tools.show import (MARK_COLOR, Mark, answer_marks, draw_marks, model_view_images,
                        render_text)
 from data.sources import load_llava_json
@@ -226,9 +226,11 @@ def test_prepare_round_trip_equals_fresh_encoding(workspace, processor):
     assert len(prepared) == manifest["counts"]["samples"] == 8 + 3 + n_eval  # big, small, clip
     assert manifest["counts"]["bad"] == 4 and manifest["processor_files"]
     assert manifest["counts"]["per_source"]["shapes"]["shrunk"] == 1
-    # Every image sample is kept as uint8 pixels (an eighth of the float32 bytes), exactly.
+    # Every sample's pixels are kept as uint8 (images: an eighth of the float32 bytes; the
+    # clip's video frames: a quarter), and read back exactly (below).
     assert manifest["counts"]["image_samples_stored_as"] == {"uint8": 8 + 3 + n_eval - 1,
-                                                             "float32": 0}  # the clip: video
+                                                             "float32": 0}
+    assert manifest["counts"]["video_samples_stored_as"] == {"uint8": 1, "float32": 0}
 
     # Fresh encoding of the samples as training gets them (the shrunk one at its own budget).
     corpus = load_corpus(cfg, processor, _skip(), plan=True)
@@ -253,7 +255,7 @@ def test_prepare_round_trip_equals_fresh_encoding(workspace, processor):
 
 
 def test_image_pixels_are_stored_as_uint8_only_when_that_is_exact(processor):
-    codec = ImagePixels.of(processor)
+    codec = PixelCodec.of(processor.image_processor, repeated=True)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8))
     values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     packed = codec.pack(values)
@@ -264,6 +266,10 @@ def test_image_pixels_are_stored_as_uint8_only_when_that_is_exact(processor):
     frames = values.clone().view(len(values), 3, codec.temporal, -1)
     frames[:, :, 1] = -frames[:, :, 1]
     assert codec.pack(frames.view(len(values), -1)) is None
+    # A video's two frames of a patch differ: its codec keeps both (a quarter of the bytes).
+    video = PixelCodec.of(processor.video_processor, repeated=False)
+    both = frames.view(len(values), -1)
+    assert torch.equal(video.unpack(video.pack(both)), both)
 
 
 def test_data_section_config_and_config_errors(workspace, tmp_path):

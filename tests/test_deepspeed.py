@@ -42,18 +42,31 @@ def assert_reloads_complete(folder: Path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
-def test_zero3_lora_dense_mixed_modality_equals_ddp(tiny, mixed, tmp_path):
-    ddp, z3 = tmp_path / "ddp", tmp_path / "z3"
-    launch(tiny["dense"], mixed, ddp)
+def one_process(model: Path, data: Path, out: Path, *overrides) -> None:
+    """What ``launch`` runs on 2 ranks x batch 1, in this process with batch 2: the same
+    samples per step and the same global token mean (tests/test_train.py checks DDP so)."""
+    from data.configio import load_config
+    from tests.helpers.launch import QUICK_TRAIN, TRAIN_CONFIG
+    from train.config import Config
+    from train.trainer import train
+
+    train(load_config(Config, TRAIN_CONFIG, [
+        f"model.path={model}", f"data.train={data}", f"train.output_dir={out}", *QUICK_TRAIN,
+        "train.batch_size=2", "train.max_steps=4", "logging.loss_plot=false", *overrides]))
+
+
+def test_zero3_lora_dense_mixed_modality_equals_one_process(tiny, mixed, tmp_path):
+    one, z3 = tmp_path / "one", tmp_path / "z3"
+    one_process(tiny["dense"], mixed, one)
     launch(tiny["dense"], mixed, z3, "distributed.deepspeed=zero3", "train.save_every=2")
-    assert_same_losses(losses(ddp), losses(z3))
+    assert_same_losses(losses(one), losses(z3))
     ckpt = z3 / "checkpoint-4"
     assert (ckpt / "model/adapter_model.safetensors").is_file()  # gathered from the shards
     assert (ckpt / "deepspeed/latest").is_file() and (ckpt / "train_config.json").is_file()
     assert (z3 / "final/adapter_model.safetensors").is_file()
     from safetensors.torch import load_file
 
-    a, b = load_file(str(ddp / "final/adapter_model.safetensors")), load_file(str(z3 / "final/adapter_model.safetensors"))
+    a, b = load_file(str(one / "final/adapter_model.safetensors")), load_file(str(z3 / "final/adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape and a[k].numel() for k in a)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
@@ -74,12 +87,13 @@ def test_zero3_full_sigkill_resume_equals_zero2(tiny, mixed, tmp_path):
     assert_reloads_complete(killed / "final")
 
 
-def test_zero3_moe_expert_parallel_equals_no_ep(tiny, mixed, tmp_path):
-    plain, ep = tmp_path / "plain", tmp_path / "ep"
-    common = ["lora.enabled=false", "train.lr=1e-3", "train.max_steps=3", "distributed.deepspeed=zero3"]
-    launch(tiny["moe"], mixed, plain, *common)
-    proc = launch(tiny["moe"], mixed, ep, *common, "distributed.expert_parallel=2")
-    assert_same_losses(losses(plain), losses(ep))
+def test_zero3_moe_expert_parallel_equals_one_process(tiny, mixed, tmp_path):
+    one, ep = tmp_path / "one", tmp_path / "ep"
+    common = ["lora.enabled=false", "train.lr=1e-3", "train.max_steps=3"]
+    one_process(tiny["moe"], mixed, one, *common)
+    proc = launch(tiny["moe"], mixed, ep, *common, "distributed.deepspeed=zero3",
+                  "distributed.expert_parallel=2")
+    assert_same_losses(losses(one), losses(ep))
     for rank in (0, 1):  # each rank holds 4 of the 8 experts of every MoE layer
         assert f"[ep] rank {rank} holds [4] of 8 experts in each of 2 MoE layers" in proc.stdout
     row = metrics(ep)[-1]

@@ -188,6 +188,13 @@ class TorchEngine(Engine):
         pass
 
     def finish_step(self, skip: bool) -> tuple[float, bool]:
+        for p in self.params:
+            # Unused this step (the vision tower on a text-only batch): a zero gradient, which
+            # every rank of a multi-process run has (VisionKeepAlive) and DeepSpeed's flat
+            # buffers always hold; with None torch's AdamW would skip the parameter, so its
+            # moments and weight decay would depend on the process count.
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
         self.optimizer.skip_next = skip
         self.optimizer.step()

@@ -21,8 +21,9 @@ import torch
 
 from data.config import DataConfig
 from data.encode import REPAIRS
-from data.prepared import (FORMAT_VERSION, SEQUENCE_FIELDS, VISUAL_FIELDS, ImagePixels,
-                           encoding_config, features, processor_fingerprint, source_stamp)
+from data.prepared import (FORMAT_VERSION, PACKED_COLUMNS, SEQUENCE_FIELDS, VISUAL_FIELDS,
+                           encoding_config, features, pixel_codecs, processor_fingerprint,
+                           source_stamp)
 from data.samples import BadSample, BadSampleFile, reason_of
 from data.tools.stats import SourceSamples, read_for_training
 
@@ -52,12 +53,12 @@ class EncodeRows:
         row = {**meta, "fields": list(example), "length": len(example["input_ids"])}
         row.update({name: example[name].numpy() if name in example else None
                     for name in (*SEQUENCE_FIELDS, *VISUAL_FIELDS)})
-        row["image_pixels"] = None
-        if "pixel_values" in example:
-            codec = ImagePixels.of(self.sources[position].encoder.processor)
-            packed = codec.pack(example["pixel_values"])
+        codecs = pixel_codecs(self.sources[position].encoder.processor)
+        for name, column in PACKED_COLUMNS.items():
+            row[column] = None
+            packed = codecs[name].pack(example[name]) if name in example else None
             if packed is not None:
-                row["image_pixels"], row["pixel_values"] = packed, None
+                row[column], row[name] = packed, None
         return row, None, repairs
 
 
@@ -150,15 +151,16 @@ def run(cfg: DataConfig, processor, processor_path: str, out_dir: str | Path, nu
     failures = [f for _, _, chunk_failures, _ in results for f in chunk_failures]
     repairs = [r for *_, chunk_repairs in results for r in chunk_repairs]
     table = good.data.table
-    stored = {"uint8": len(good) - table.column("image_pixels").null_count,
-              "float32": len(good) - table.column("pixel_values").null_count}
+    stored = {kind: {"uint8": len(good) - table.column(PACKED_COLUMNS[name]).null_count,
+                     "float32": len(good) - table.column(name).null_count}
+              for kind, name in (("image", "pixel_values"), ("video", "pixel_values_videos"))}
     return _write_reports(cfg, processor, processor_path, out_dir, sources, len(good), failures,
                           repairs, stored)
 
 
 def _write_reports(cfg: DataConfig, processor, processor_path: str, out_dir: Path,
                    sources: list[SourceSamples], n_good: int, failures: list[BadSample],
-                   repairs: list[BadSample], image_samples_stored: dict) -> dict:
+                   repairs: list[BadSample], stored: dict) -> dict:
     bad_file = BadSampleFile(out_dir / "bad_samples.jsonl", mode="w")
     bad_file.write([r for s in sources for r in s.bad.records], stage="read")
     bad_file.write(failures, stage="encode")
@@ -178,13 +180,14 @@ def _write_reports(cfg: DataConfig, processor, processor_path: str, out_dir: Pat
         "processor": os.path.abspath(processor_path),
         "processor_files": processor_fingerprint(processor_path),
         "sources": [source_stamp(s.config) for s in sources],
-        "image_pixels": ImagePixels.of(processor).to_json(),
+        "pixel_codecs": {name: c.to_json() for name, c in pixel_codecs(processor).items()},
         "counts": {"samples": n_good, "bad": n_bad,
                    "over_max_bad_fraction": n_good + n_bad > 0
                    and n_bad / (n_good + n_bad) > cfg.max_bad_fraction,
                    "per_source": per_source,
-                   # samples with images, by how their pixels are kept (ImagePixels)
-                   "image_samples_stored_as": image_samples_stored},
+                   # samples with images / videos, by how their pixels are kept (PixelCodec)
+                   "image_samples_stored_as": stored["image"],
+                   "video_samples_stored_as": stored["video"]},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
