@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.launch import losses, metrics, run_train
+from tests.helpers.launch import losses, metrics, run_train, train_here
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +45,8 @@ def assert_reloads_complete(folder: Path) -> None:
 def one_process(model: Path, data: Path, out: Path, *overrides) -> None:
     """What ``launch`` runs on 2 ranks x batch 1, in this process with batch 2: the same
     samples per step and the same global token mean (tests/test_train.py checks DDP so)."""
-    from data.configio import load_config
-    from tests.helpers.launch import QUICK_TRAIN, TRAIN_CONFIG
-    from train.config import Config
-    from train.trainer import train
-
-    train(load_config(Config, TRAIN_CONFIG, [
-        f"model.path={model}", f"data.train={data}", f"train.output_dir={out}", *QUICK_TRAIN,
-        "train.batch_size=2", "train.max_steps=4", "logging.loss_plot=false", *overrides]))
+    train_here(model, out, "train.batch_size=2", "train.max_steps=4", "logging.loss_plot=false",
+               *overrides, data=data)
 
 
 def test_zero3_lora_dense_mixed_modality_equals_one_process(tiny, mixed, tmp_path):

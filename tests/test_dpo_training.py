@@ -201,7 +201,7 @@ def test_full_fine_tuning_dpo_under_zero3(tiny, pairs, tmp_path, model, extra):
               "train.freeze_vision=true", "logging.loss_plot=false",
               *(e for e in extra if e.startswith("moe.")))
     one, z3 = tmp_path / "one", tmp_path / "z3"
-    launch.run_train(tiny[model], one, *common, "train.grad_accum=2", data=pairs)
+    launch.train_here(tiny[model], one, *common, "train.grad_accum=2", data=pairs)
     launch.run_train(tiny[model], z3, *common, "distributed.deepspeed=zero3", *extra,
                      data=pairs, nproc=2)
     precomputed = "dpo.precompute_reference=true" in extra

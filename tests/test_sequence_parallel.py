@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.launch import entry, losses, metrics, run, run_train
+from tests.helpers.launch import entry, losses, metrics, run, run_train, train_here
 from train.config import Config
 from train.data import BatchPlan, StepBatchSampler
 from train.distributed import DistInfo
@@ -62,8 +62,13 @@ def test_sp2_loss_and_gradients_equal_sp1(tiny, tmp_path, kind, mode, layout, ex
 
 
 def _train(model, data, out, nproc, *overrides):
-    run_train(model, out, "train.max_steps=3", "logging.loss_plot=false", "data.packing=true",
-              "data.pack_tokens=1024", "train.batch_size=1", *overrides, data=data, nproc=nproc)
+    """A 3-step packed run; with one process, in this process (the reference)."""
+    args = ("train.max_steps=3", "logging.loss_plot=false", "data.packing=true",
+            "data.pack_tokens=1024", "train.batch_size=1", *overrides)
+    if nproc == 1:
+        train_here(model, out, *args, data=data)
+    else:
+        run_train(model, out, *args, data=data, nproc=nproc)
     return losses(out)
 
 

@@ -54,7 +54,8 @@ def test_two_process_gloo_equals_one_process(tiny, corpus, tmp_path):
     """2 ranks x batch 2 sees the same samples per step as 1 rank x batch 4, and the loss is
     the global token mean either way, so the runs agree step by step."""
     one, two = tmp_path / "one", tmp_path / "two"
-    run_train(tiny, corpus, one, "train.max_steps=3")
+    launch.train_here(tiny["dense"], one, "train.batch_size=4", "train.max_steps=3",
+                      data=corpus["train"])
     run_train(tiny, corpus, two, "train.max_steps=3", "train.batch_size=2", nproc=2)
     assert (two / "final/adapter_model.safetensors").is_file()
     a, b = losses(one), losses(two)

@@ -65,6 +65,20 @@ def run_train(model: Path, out: Path, *overrides, data: Path | None = None, npro
     return run(entry("train", nproc, launcher, faults) + [str(config), *args], check)
 
 
+def train_here(model: Path, out: Path, *overrides, data: Path | None = None,
+               config: Path = TRAIN_CONFIG) -> None:
+    """``run_train``'s run with one process, in this one: no interpreter to start, for the
+    reference runs that multi-process runs are compared with (within a tolerance: this
+    process's thread count is not the launches' one, so sums may round differently)."""
+    from data.configio import load_config
+    from train.config import Config
+    from train.trainer import train
+
+    args = [f"model.path={model}", *([f"data.train={data}"] if data else []),
+            f"train.output_dir={out}", *QUICK_TRAIN, *overrides]
+    train(load_config(Config, config, args))
+
+
 def run_eval(config: Path, nproc: int = 1, faults: tuple = (), check: bool = True,
              timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m eval CONFIG`` in ``nproc`` processes (``torchrun`` when more than one); with
