@@ -34,6 +34,7 @@ class EncodeRows:
 
     def __init__(self, sources: list[SourceSamples]):
         self.sources = sources
+        self.codecs = [pixel_codecs(s.encoder.processor) for s in sources]  # per source
 
     def encode(self, position: int, row: int) -> tuple[dict | None, BadSample | None, list]:
         """(row of the dataset, None, repair records) or (None, failure record, [])."""
@@ -53,7 +54,7 @@ class EncodeRows:
         row = {**meta, "fields": list(example), "length": len(example["input_ids"])}
         row.update({name: example[name].numpy() if name in example else None
                     for name in (*SEQUENCE_FIELDS, *VISUAL_FIELDS)})
-        codecs = pixel_codecs(self.sources[position].encoder.processor)
+        codecs = self.codecs[position]
         for name, column in PACKED_COLUMNS.items():
             row[column] = None
             packed = codecs[name].pack(example[name]) if name in example else None

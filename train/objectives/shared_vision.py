@@ -22,9 +22,11 @@ import contextlib
 import torch
 
 
-def distinct_entries(pixels: torch.Tensor, grid: torch.Tensor) -> tuple[list[int], list[int]]:
+def distinct_entries(pixels: torch.Tensor, grid: torch.Tensor,
+                     ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """(for each grid entry, the index of the first entry equal to it; the distinct entries'
-    indices, in order). Entries are equal when their ``[t, h, w]`` and pixel rows are."""
+    indices, in order; each entry's (first pixel row, rows)). Entries are equal when their
+    ``[t, h, w]`` and pixel rows are."""
     starts, first, distinct = [], [], []
     by_shape: dict[tuple, list[int]] = {}
     row = 0
@@ -42,7 +44,7 @@ def distinct_entries(pixels: torch.Tensor, grid: torch.Tensor) -> tuple[list[int
             distinct.append(k)
             match = k
         first.append(match)
-    return first, distinct
+    return first, distinct, starts
 
 
 class SharedVision:
@@ -70,15 +72,13 @@ class SharedVision:
             return None
         pixels = args[0] if args else kwargs["hidden_states"]
         grid = kwargs["grid_thw"]
-        first, distinct = distinct_entries(pixels, grid)
+        first, distinct, rows = distinct_entries(pixels, grid)
         merged = (grid.prod(-1) // self.merge ** 2).tolist()
         self.requested += sum(merged)
         self.encoded += sum(merged[k] for k in distinct)
         if len(distinct) == len(first):
             return None  # nothing repeats
-        patches = grid.prod(-1).tolist()
-        starts = [sum(patches[:k]) for k in range(len(patches))]
-        kept = torch.cat([pixels[starts[k]:starts[k] + patches[k]] for k in distinct])
+        kept = torch.cat([pixels[rows[k][0]:rows[k][0] + rows[k][1]] for k in distinct])
         offset, out_start = 0, {}
         for k in distinct:  # where each distinct entry's merged rows land in the output
             out_start[k] = offset
